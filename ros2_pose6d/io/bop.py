@@ -1,6 +1,7 @@
 """Reading BOP-format dataset splits (https://bop.felk.cvut.cz/datasets/) into frames with ground truth.
 
-Units are converted at this boundary: translations and depth in metres, masks as bool arrays.
+Units are converted at this boundary: translations and depth in metres, masks as bool arrays, and
+rotations projected onto SO(3) (the files round them; LM-O's are up to 1.4 % off orthonormal).
 A split folder holds scenes ``<split>/<scene_id:06d>/`` with scene_camera.json, scene_gt.json,
 scene_gt_info.json (optional), rgb/ (or gray/), depth/ and mask_visib/ (optional).
 """
@@ -50,6 +51,13 @@ def _read_json(path: Path) -> dict:
         raise BopError(f"{path}: file not found") from exc
     except json.JSONDecodeError as exc:
         raise BopError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def nearest_rotation(R: np.ndarray) -> np.ndarray:
+    """Closest rotation matrix (SVD projection): BOP files store rounded, slightly non-orthonormal R."""
+    U, _, Vt = np.linalg.svd(R)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
 
 
 def _find_image(folder: Path, im_id: int) -> Path | None:
@@ -117,7 +125,7 @@ class BopScene:
         infos = self.info.get(str(im_id), [])
         for i, g in enumerate(self.gt.get(str(im_id), [])):
             try:
-                R = np.asarray(g["cam_R_m2c"], dtype=np.float64).reshape(3, 3)
+                R = nearest_rotation(np.asarray(g["cam_R_m2c"], dtype=np.float64).reshape(3, 3))
                 t = np.asarray(g["cam_t_m2c"], dtype=np.float64).reshape(3) / 1000.0
                 obj_id = int(g["obj_id"])
             except (KeyError, ValueError) as exc:

@@ -89,10 +89,10 @@ def farthest_point_sampling(points: np.ndarray, n: int, seed: int = 0) -> np.nda
 
 def validate_mesh(vertices: np.ndarray, faces: np.ndarray, source: str) -> None:
     """Raise MeshError naming ``source`` for meshes no renderer or metric can use."""
-    if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
-        raise MeshError(f"{source}: mesh has no vertices")
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise MeshError(f"{source}: mesh has no triangle faces")
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
+        raise MeshError(f"{source}: mesh has no vertices")
     if not np.isfinite(vertices).all():
         raise MeshError(f"{source}: mesh has NaN or infinite vertex coordinates")
     if faces.min() < 0 or faces.max() >= len(vertices):

@@ -1,0 +1,39 @@
+"""Shared test helpers: tolerance-stating comparisons and the extension requirement."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ros2_pose6d._ext import backend
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LMO = os.path.join(os.path.dirname(REPO), "shared", "data", "lmo")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0, what: str = "") -> None:
+    """Fail with the max difference and where it is."""
+    diff = (actual.detach().double() - expected.detach().double()).abs()
+    bound = atol + rtol * expected.detach().double().abs()
+    if not bool((diff <= bound).all()):
+        idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+        pytest.fail(f"{what}: max |diff| = {diff.max().item():.3e} at {idx} "
+                    f"(actual {actual[idx].item():.6g}, expected {expected[idx].item():.6g}); atol={atol}, rtol={rtol}")
+
+
+@pytest.fixture
+def kernels():
+    """The compiled extension; skips without it unless ROS2_POSE6D_REQUIRE_EXT=1 (CI), where it fails."""
+    info = backend()
+    if info.kernels != "extension":
+        if os.environ.get("ROS2_POSE6D_REQUIRE_EXT") == "1":
+            pytest.fail(f"ROS2_POSE6D_REQUIRE_EXT=1 but {info.reason}")
+        pytest.skip(info.reason)
+    from ros2_pose6d import _C
+
+    return _C
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

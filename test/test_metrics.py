@@ -1,0 +1,112 @@
+"""Metric values on hand-computed cases; symmetry handling; BOP CSV round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros2_pose6d.eval import (
+    BopResult,
+    add,
+    adds,
+    average_recall,
+    cm_degree,
+    mspd,
+    mssd,
+    proj2d,
+    read_bop_csv,
+    recall,
+    rotation_error,
+    translation_error,
+    vsd,
+    write_bop_csv,
+)
+from ros2_pose6d.eval.metrics import BOP_VSD_TAUS
+
+PTS = np.array([[0.1, 0, 0], [-0.1, 0, 0], [0, 0.05, 0], [0, -0.05, 0]])  # 180 deg z-symmetric set
+I3 = np.eye(3)
+RZ180 = np.diag([-1.0, -1.0, 1.0])
+K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+T = np.array([0.0, 0.0, 1.0])
+
+
+def test_add_of_a_pure_translation_is_its_length():
+    assert add(I3, T + [0.01, 0, 0], I3, T, PTS) == pytest.approx(0.01)
+    assert translation_error(T + [0.03, 0.04, 0], T) == pytest.approx(0.05)
+
+
+def test_symmetric_pose_has_zero_adds_and_mssd_but_not_add():
+    sym = np.stack([np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])])
+    assert add(RZ180, T, I3, T, PTS) == pytest.approx(np.mean([0.2, 0.2, 0.1, 0.1]))
+    assert adds(RZ180, T, I3, T, PTS) == pytest.approx(0.0, abs=1e-12)
+    assert mssd(RZ180, T, I3, T, PTS, sym) == pytest.approx(0.0, abs=1e-12)
+    assert mspd(RZ180, T, I3, T, PTS, sym, K) == pytest.approx(0.0, abs=1e-9)
+    # without the symmetry MSSD is the largest displacement
+    assert mssd(RZ180, T, I3, T, PTS, np.eye(4)[None]) == pytest.approx(0.2)
+
+
+def test_projection_error_of_a_lateral_shift():
+    # 1 cm at 1 m with f = 500 px is 5 px for every point
+    assert proj2d(I3, T + [0.01, 0, 0], I3, T, PTS, K) == pytest.approx(5.0)
+    assert mspd(I3, T + [0.01, 0, 0], I3, T, PTS, np.eye(4)[None], K) == pytest.approx(5.0)
+
+
+def test_rotation_error_and_5cm5deg():
+    c, s = np.cos(np.radians(4)), np.sin(np.radians(4))
+    R4 = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    assert rotation_error(R4, I3) == pytest.approx(4.0)
+    assert cm_degree(R4, T + [0.04, 0, 0], I3, T)
+    assert not cm_degree(R4, T + [0.06, 0, 0], I3, T)
+    assert not cm_degree(R4 @ R4, T, I3, T)
+
+
+def test_vsd_hand_case():
+    """gt covers 4 px at 1.0 m; the estimate covers 2 of them (1 at the right depth, 1 off by 5 cm) + 2 new."""
+    Kc = np.array([[1e6, 0, 0.5], [0, 1e6, 0.5], [0, 0, 1]])  # huge focal: distance == depth
+    gt = np.zeros((2, 4))
+    gt[:, :2] = 1.0
+    est = np.zeros((2, 4))
+    est[:, 1:3] = 1.0
+    est[1, 1] = 1.05
+    test = np.zeros((2, 4))  # no depth camera: everything is visible
+    e = vsd(est, gt, test, Kc, delta=0.015, taus=np.array([0.02, 0.1]))
+    # union 6 px; tau 2 cm: 1 matching px -> 5/6; tau 10 cm: 2 -> 4/6
+    assert e == pytest.approx([5 / 6, 4 / 6])
+    assert vsd(gt, gt, test, Kc, 0.015, np.array([0.01]))[0] == 0.0
+
+
+def test_vsd_ignores_surface_hidden_by_the_scene():
+    Kc = np.array([[1e6, 0, 0.5], [0, 1e6, 0.5], [0, 0, 1]])
+    gt = np.full((1, 4), 1.0)
+    est = np.full((1, 4), 1.0)
+    gt[0, 3] = 1.2  # the true surface there is hidden by an occluder at 1.1 m in the observed depth
+    est[0, 3] = 1.3  # wrong, but hidden as well: BOP's VSD does not look at it
+    test = np.full((1, 4), 1.0)
+    test[0, 3] = 1.1
+    assert vsd(est, gt, test, Kc, 0.015, np.array([0.05]))[0] == pytest.approx(0.0)
+
+
+def test_average_recall():
+    diam = np.array([0.1, 0.1])
+    # first target perfect, second missed entirely
+    out = average_recall(np.array([[0.0] * len(BOP_VSD_TAUS), [1.0] * len(BOP_VSD_TAUS)]),
+                         np.array([0.0, np.inf]), np.array([0.0, np.inf]), diam)
+    assert out == {"AR_MSSD": 0.5, "AR_MSPD": 0.5, "AR_VSD": 0.5, "AR": 0.5}
+    # MSSD of 0.12 d passes thresholds 0.15..0.5 (8 of 10); MSPD 12 px passes 15..50 (8 of 10)
+    out = average_recall(None, np.array([0.012]), np.array([12.0]), np.array([0.1]))
+    assert out["AR_MSSD"] == pytest.approx(0.8) and out["AR_MSPD"] == pytest.approx(0.8)
+    assert recall([], 1.0) == 0.0
+
+
+def test_bop_csv_round_trip(tmp_path):
+    R = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1.0]])
+    rows = [BopResult(2, 3, 1, 0.9, R, np.array([0.1, -0.02, 0.9]), 0.05), BopResult(2, 4, 5, 0.5, I3, T)]
+    write_bop_csv(tmp_path / "r.csv", rows)
+    text = (tmp_path / "r.csv").read_text().splitlines()
+    assert text[0] == "scene_id,im_id,obj_id,score,R,t,time"
+    assert "100.000000 -20.000000 900.000000" in text[1]  # millimetres on disk
+    back = read_bop_csv(tmp_path / "r.csv")
+    assert back[0].obj_id == 1 and np.allclose(back[0].R, R) and np.allclose(back[0].t, rows[0].t)
+    (tmp_path / "bad.csv").write_text("scene_id,im_id,obj_id,score,R,t,time\n1,2,3,0.5,1 2,3,0\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: malformed row"):
+        read_bop_csv(tmp_path / "bad.csv")
