@@ -103,7 +103,10 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "ruff", "colcon-common-extensions"]},
+    extras_require={
+        "test": ["pytest", "hypothesis", "ruff", "colcon-common-extensions", "manifold3d", "embreex"],
+        "objects": ["manifold3d"],
+    },
     zip_safe=False,
     maintainer="ros2_pose6d maintainers",
     maintainer_email="maintainers@ros2-pose6d.dev",
@@ -111,7 +114,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "pose6d-info = ros2_pose6d.cli.info:main",
+            "pose6d-demo = ros2_pose6d.cli.demo:main",
             "pose6d-make-demo-objects = ros2_pose6d.cli.make_demo_objects:main",
         ],
     },

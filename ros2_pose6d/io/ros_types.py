@@ -6,6 +6,7 @@ The vision_msgs definitions below are those of vision_msgs 4.x (Humble and Jazzy
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,18 @@ def msg_definition_path(name: str) -> Path:
     return Path(str(resources.files("ros2_pose6d.io").joinpath("msg", f"{name}.msg")))
 
 
+# type (optionally bounded string, array or bounded array), name, then a constant or default value
+_FIELD = re.compile(r"^[A-Za-z][\w/]*(<=\d+)?(\[(<=)?\d*\])?\s+[A-Za-z]\w*(\s*=\s*\S.*|\s+\S.*)?$")
+
+
+def _check_lines(text: str, path: Path) -> None:
+    """rosbags skips some malformed lines silently; we refuse them, naming the line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        code = line.split("#", 1)[0].strip() if not re.search(r"^\s*string\w*", line) else line.strip()
+        if code and not _FIELD.match(code):
+            raise MessageDefinitionError(f"{path}:{number}: not a valid ROS 2 message field: {line.strip()!r}")
+
+
 def parse_msg_file(path: str | Path, typename: str) -> dict:
     """Parse a .msg file into rosbags type definitions, with one clear error naming the file."""
     path = Path(path)
@@ -49,6 +62,7 @@ def parse_msg_file(path: str | Path, typename: str) -> dict:
         text = path.read_text()
     except OSError as exc:
         raise MessageDefinitionError(f"{path}: cannot be read ({exc})") from exc
+    _check_lines(text, path)
     try:
         return get_types_from_msg(text, typename)
     except Exception as exc:  # rosbags raises its own parse errors  # noqa: BLE001
