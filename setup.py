@@ -12,6 +12,7 @@ import glob
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import find_packages, setup
 
@@ -66,15 +67,29 @@ def _extension_setup() -> tuple[list, dict]:
     class TolerantBuildExtension(BuildExtension):
         """A failed compile prints one line and leaves the pure-PyTorch fallback in place."""
 
+        failed: ClassVar[set[str]] = set()  # names of extensions whose build failed
+
         def build_extension(self, extension):
             try:
                 super().build_extension(extension)
             except Exception as exc:
                 if os.environ.get("ROS2_POSE6D_REQUIRE_EXT") == "1":
                     raise
+                self.failed.add(extension.name)
                 reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 print(f"ros2_pose6d: could not build the C++ extension ({reason}); "
                       "the pure-PyTorch reference ops will be used.", file=sys.stderr)
+
+        def copy_extensions_to_source(self):
+            built = self.extensions
+            self.extensions = [e for e in built if e.name not in self.failed]
+            try:
+                super().copy_extensions_to_source()
+            finally:
+                self.extensions = built
+
+        def get_outputs(self):
+            return [path for path in super().get_outputs() if os.path.exists(path)]
 
     return [ext], {"build_ext": TolerantBuildExtension.with_options(use_ninja=True)}
 

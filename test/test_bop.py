@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import LMO
+
 from ros2_pose6d.io.bop import BopError, BopScene, read_bop_split
 
 

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import torch
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close
 from ros2_pose6d.geometry import (
     apply_update,
     axis_angle_to_matrix,
@@ -124,7 +124,8 @@ def test_deepim_update_round_trip_is_exact():
     B = 16
     R_src = quaternion_to_matrix(torch.randn(B, 4, generator=g, dtype=torch.float64))
     R_tgt = quaternion_to_matrix(torch.randn(B, 4, generator=g, dtype=torch.float64))
-    t_src = torch.rand(B, 3, generator=g, dtype=torch.float64) * 0.2 + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    t_src = torch.rand(B, 3, generator=g, dtype=torch.float64) * 0.2
+    t_src[:, 2] += 0.5
     t_tgt = t_src + (torch.rand(B, 3, generator=g, dtype=torch.float64) - 0.5) * 0.1
     fxy = torch.rand(B, 2, generator=g, dtype=torch.float64) * 300 + 200
     R_delta, v = update_target(R_src, t_src, R_tgt, t_tgt, fxy)

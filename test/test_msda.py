@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import assert_close, cuda
+
 from ros2_pose6d.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
 
 

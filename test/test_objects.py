@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO
+
 from ros2_pose6d.objects import (
     MeshError,
     ModelsInfoError,

@@ -8,12 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from conftest import REPO
 from ros2_pose6d.io.ros_types import MessageDefinitionError, parse_msg_file, typestore
 
 # The README's ROS build uses exactly these base paths (checked below).
@@ -21,7 +22,7 @@ COLCON_BASE_PATHS = [".", "ros2_pose6d_msgs"]
 
 
 def test_readme_build_command_uses_the_tested_base_paths():
-    readme = open(os.path.join(REPO, "README.md")).read()
+    readme = Path(REPO, "README.md").read_text()
     assert "colcon build --base-paths src/ros2_pose6d src/ros2_pose6d/ros2_pose6d_msgs" in readme
 
 
@@ -36,14 +37,14 @@ def test_colcon_lists_both_packages():
 
 def test_installed_msg_files_are_the_msgs_package_files():
     for name in ("ObjectPose", "ObjectPoseArray"):
-        a = open(os.path.join(REPO, "ros2_pose6d_msgs", "msg", f"{name}.msg")).read()
-        b = open(os.path.join(REPO, "ros2_pose6d", "io", "msg", f"{name}.msg")).read()
+        a = Path(REPO, "ros2_pose6d_msgs", "msg", f"{name}.msg").read_text()
+        b = Path(REPO, "ros2_pose6d", "io", "msg", f"{name}.msg").read_text()
         assert a == b
 
 
 def test_every_field_is_commented():
     for path in glob.glob(os.path.join(REPO, "ros2_pose6d_msgs", "msg", "*.msg")):
-        lines = open(path).read().splitlines()
+        lines = Path(path).read_text().splitlines()
         for i, line in enumerate(lines):
             if line.strip() and not line.startswith("#") and "=" not in line:
                 assert lines[i - 1].startswith("#"), f"{path}: field '{line}' has no comment above it"

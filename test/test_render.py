@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from conftest import REPO, assert_close, cuda
+
 from ros2_pose6d.geometry import axis_angle_to_matrix, geodesic_angle, random_rotation
 from ros2_pose6d.objects import ObjectMesh, ObjectRegistry
-from ros2_pose6d.render import MeshRenderer, RasterSettings, barycentrics, interpolate, rasterize, rasterize_reference
+from ros2_pose6d.render import (
+    MeshRenderer,
+    RasterSettings,
+    barycentrics,
+    interpolate,
+    rasterize,
+    rasterize_reference,
+)
 
 
 def random_scene(B=3, n_faces=60, seed=0, dtype=torch.float32, H=24, W=32):
@@ -136,12 +143,13 @@ def test_independent_ray_casting_agrees(kernels):
     H, W, f = 40, 48, 120.0
     K = np.array([[f, 0, W / 2 - 0.5], [0, f, H / 2 - 0.5], [0, 0, 1]])
     verts = mesh.vertices @ R.T + t
-    frags = rasterize(torch.tensor(verts, dtype=torch.float64), torch.tensor(mesh.faces), torch.tensor([0, len(mesh.faces)]),
-                      torch.tensor(K)[None], RasterSettings(H, W, cull_backfaces=False))
+    frags = rasterize(torch.tensor(verts, dtype=torch.float64), torch.tensor(mesh.faces),
+                      torch.tensor([0, len(mesh.faces)]), torch.tensor(K)[None],
+                      RasterSettings(H, W, cull_backfaces=False))
     tm = trimesh.Trimesh(verts, mesh.faces, process=False)
     v, u = np.mgrid[0:H, 0:W]
     dirs = np.stack([(u - K[0, 2]) / f, (v - K[1, 2]) / f, np.ones_like(u, dtype=float)], -1).reshape(-1, 3)
-    locs, ray_idx, tri_idx = tm.ray.intersects_location(np.zeros_like(dirs), dirs, multiple_hits=False)
+    locs, ray_idx, _tri_idx = tm.ray.intersects_location(np.zeros_like(dirs), dirs, multiple_hits=False)
     hit = np.zeros(H * W, bool)
     hit[ray_idx] = True
     depth = np.zeros(H * W)

@@ -85,7 +85,8 @@ def geodesic_angle(R1: Tensor, R2: Tensor) -> Tensor:
     """Angle [rad] of R1^T R2, in [0, pi], (...). Stable near 0 and pi (atan2 of sin and cos)."""
     Rd = R1.transpose(-1, -2) @ R2
     cos = (Rd[..., 0, 0] + Rd[..., 1, 1] + Rd[..., 2, 2] - 1) / 2
-    skew = torch.stack([Rd[..., 2, 1] - Rd[..., 1, 2], Rd[..., 0, 2] - Rd[..., 2, 0], Rd[..., 1, 0] - Rd[..., 0, 1]], -1)
+    skew = torch.stack([Rd[..., 2, 1] - Rd[..., 1, 2], Rd[..., 0, 2] - Rd[..., 2, 0],
+                        Rd[..., 1, 0] - Rd[..., 0, 1]], -1)
     sin = skew.norm(dim=-1) / 2
     return torch.atan2(sin, cos)
 

@@ -44,7 +44,8 @@ def msg_definition_path(name: str) -> Path:
 
 
 # type (optionally bounded string, array or bounded array), name, then a constant or default value
-_FIELD = re.compile(r"^[A-Za-z][\w/]*(<=\d+)?(\[(<=)?\d*\])?\s+[A-Za-z]\w*(\s*=\s*\S.*|\s+\S.*)?$")
+_FIELD = re.compile(r"^[A-Za-z][\w/]*(<=\d+)?(\[(<=)?\d*\])?\s+[A-Za-z]\w*"
+                    r"(\s*=\s*\S.*|\s+(\[[^\]]*\]|\"[^\"]*\"|'[^']*'|\S+))?$")
 
 
 def _check_lines(text: str, path: Path) -> None:
@@ -65,7 +66,7 @@ def parse_msg_file(path: str | Path, typename: str) -> dict:
     _check_lines(text, path)
     try:
         return get_types_from_msg(text, typename)
-    except Exception as exc:  # rosbags raises its own parse errors  # noqa: BLE001
+    except Exception as exc:  # rosbags raises its own parse errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MessageDefinitionError(f"{path}: not a valid ROS 2 message definition ({first})") from exc
 

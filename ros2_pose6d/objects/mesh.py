@@ -49,10 +49,8 @@ class ObjectMesh:
 def mesh_diameter(vertices: np.ndarray) -> float:
     """Largest pairwise distance [same unit as vertices]; exact, over convex-hull vertices."""
     pts = np.asarray(vertices, dtype=np.float64)
-    try:
+    if len(pts) > 4 and np.linalg.matrix_rank(pts - pts.mean(0), tol=1e-9) == 3:  # flat sets have no 3D hull
         pts = pts[ConvexHull(pts).vertices]
-    except Exception:  # degenerate (flat) point sets: use all points  # noqa: BLE001
-        pass
     d = np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=-1)
     return float(d.max())
 
@@ -109,7 +107,7 @@ def load_mesh(path: str | Path, scale: float = 0.001) -> ObjectMesh:
         raise MeshError(f"{path}: mesh file not found")
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many types for broken files  # noqa: BLE001
+    except Exception as exc:  # trimesh raises many types for broken files
         raise MeshError(f"{path}: cannot be read as a mesh ({exc})") from exc
     vertices = np.asarray(mesh.vertices, dtype=np.float64) * scale
     faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3) if len(mesh.faces) else np.zeros((0, 3), np.int64)

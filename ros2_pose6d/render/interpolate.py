@@ -19,7 +19,7 @@ def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor) -> Te
         (B, H, W, 3) weights summing to 1 on covered pixels, 0 on background; differentiable w.r.t.
         verts and K.
     """
-    B, H, W = face_id.shape
+    _B, H, W = face_id.shape
     covered = face_id >= 0
     fid = face_id.clamp_min(0)
     tri = verts[faces[fid]]  # (B, H, W, 3 corners, 3 xyz)

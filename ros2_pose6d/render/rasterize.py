@@ -102,7 +102,7 @@ def _face_setup(tri: Tensor, Kb: Tensor, znear: float, cull: bool, H: int, W: in
     y = (Kb[1, 1] * Y + Kb[1, 2] * Z) / Z
     inv_z = 1 / Z
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
-    valid = (Z >= znear).all(-1) & (area != 0)
+    valid = (znear <= Z).all(-1) & (area != 0)
     if cull:
         valid &= area < 0
     lo_x, hi_x = x.amin(-1), x.amax(-1)
