@@ -117,10 +117,12 @@ setup(
         "safetensors",
         "tqdm",
         "matplotlib",
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "ruff", "colcon-common-extensions", "manifold3d", "embreex"],
         "objects": ["manifold3d"],
+        "bench": ["open3d"],
     },
     zip_safe=False,
     maintainer="ros2_pose6d maintainers",
@@ -131,6 +133,7 @@ setup(
         "console_scripts": [
             "pose6d-demo = ros2_pose6d.cli.demo:main",
             "pose6d-make-demo-objects = ros2_pose6d.cli.make_demo_objects:main",
+            "pose6d-generate = ros2_pose6d.training.cli_generate:entry",
         ],
     },
 )

@@ -5,9 +5,13 @@ on Deformable-DETR's typical shapes (4 levels from a 640x480 image at strides 8-
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import fmt_mib, peak_memory, timed
 
 from ros2_pose6d.ops import ms_deform_attn, ms_deform_attn_reference
 
@@ -23,23 +27,13 @@ def inputs(batch: int, queries: int = 300, device: str = "cpu"):
     return value, shapes, start, loc, w
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"threads: {torch.get_num_threads()}")
-    print(f"{'batch':>5} {'pass':>9} {'kernel ms':>10} {'reference ms':>13} {'speed-up':>9}")
+    print(f"{'batch':>5} {'pass':>9} {'kernel ms':>10} {'reference ms':>13} {'speed-up':>9} "
+          f"{'kernel MiB':>11} {'reference MiB':>14} {'memory ratio':>13}")
     for batch in (1, 2, 4):
         a = inputs(batch)
         ops = {
@@ -51,7 +45,10 @@ def main() -> None:
             with torch.set_grad_enabled(name != "forward"):
                 tk = timed(kernel, args.repeats)
                 tr = timed(reference, args.repeats)
-            print(f"{batch:>5} {name:>9} {tk * 1e3:>10.2f} {tr * 1e3:>13.2f} {tr / tk:>8.2f}x")
+                mk, mr = peak_memory(kernel), peak_memory(reference)
+            ratio = f"{mk / mr:.2f}" if mk is not None and mr else "n/a"
+            print(f"{batch:>5} {name:>9} {tk * 1e3:>10.2f} {tr * 1e3:>13.2f} {tr / tk:>8.2f}x "
+                  f"{fmt_mib(mk):>11} {fmt_mib(mr):>14} {ratio:>13}")
 
 
 if __name__ == "__main__":

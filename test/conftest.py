@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from ros2_pose6d._ext import backend
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LMO = os.path.join(os.path.dirname(REPO), "shared", "data", "lmo")
+REPO = Path(__file__).resolve().parents[1]
+LMO = REPO.parent / "shared" / "data" / "lmo"
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0, what: str = "") -> None:

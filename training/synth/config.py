@@ -1,0 +1,53 @@
+"""What a synthetic dataset looks like: camera, object placement, clutter and image degradations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SynthConfig:
+    """All lengths in metres, angles in degrees, sizes in pixels.
+
+    Each image shows ``objects_per_image`` objects drawn from the set (instances of one object may
+    repeat when ``allow_repeats``), at distances in ``distance`` from the camera, seen from elevations in
+    ``elevation`` above the object's xy plane (90 = from +z), with ``distractors`` random primitive shapes
+    as occluders, random Lambert lighting, a procedural background and jitter/blur/noise.
+    """
+
+    height: int = 480
+    width: int = 640
+    focal: tuple[float, float] = (560.0, 600.0)  # fx = fy drawn per image in this range
+    principal_jitter: float = 8.0  # principal point = image centre +- this
+    objects_per_image: tuple[int, int] = (3, 6)
+    allow_repeats: bool = True
+    distance: tuple[float, float] = (0.45, 1.0)
+    elevation: tuple[float, float] = (-30.0, 90.0)
+    min_separation: float = 0.6  # centre distance >= this * (r_i + r_j), bounding-sphere radii
+    border: float = 0.08  # projected centres stay this fraction of the image size away from the edges
+    distractors: tuple[int, int] = (1, 4)
+    distractor_size: tuple[float, float] = (0.03, 0.12)
+    ambient: tuple[float, float] = (0.25, 0.7)
+    diffuse: tuple[float, float] = (0.3, 0.8)
+    brightness: float = 0.2  # +- factor
+    contrast: float = 0.2
+    saturation: float = 0.3
+    blur_prob: float = 0.3
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    noise_sigma: tuple[float, float] = (0.0, 6.0)  # Gaussian pixel noise, uint8 levels
+    images_per_scene: int = 500
+    jpeg: bool = False  # write rgb as .jpg (smaller) instead of .png
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
+        for name in ("objects_per_image", "distance", "elevation", "distractors", "focal"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
+        if self.objects_per_image[0] < 1:
+            raise ValueError("objects_per_image must start at 1 or more")
+        if self.distance[0] <= 0.05:
+            raise ValueError("distance must stay beyond 5 cm (the near plane)")
+        if self.images_per_scene < 1:
+            raise ValueError("images_per_scene must be >= 1")
