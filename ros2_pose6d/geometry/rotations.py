@@ -101,3 +101,27 @@ def rotation_about_axis(axis: Tensor, angle: Tensor) -> Tensor:
     """(..., 3) axis (any norm > 0) and (...) angle [rad] -> (..., 3, 3)."""
     unit = axis / axis.norm(dim=-1, keepdim=True)
     return axis_angle_to_matrix(unit * angle[..., None])
+
+
+def ray_rotation(t: Tensor) -> Tensor:
+    """(..., 3) translation -> (..., 3, 3) smallest rotation taking the optical axis +z onto the ray t/|t|.
+
+    Allocentric rotations (what the object looks like along its line of sight) are R_ray^T R; networks
+    predict those because appearance depends on them, not on where in the image the object sits.
+    """
+    d = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x, y, z = d.unbind(-1)
+    # Rodrigues for the axis z x d = (-y, x, 0), with 1 / (1 + z) (well defined for z > -1; objects are in front)
+    k = 1.0 / (1.0 + z).clamp_min(1e-6)
+    row0 = torch.stack([1 - x * x * k, -x * y * k, x], -1)
+    row1 = torch.stack([-x * y * k, 1 - y * y * k, y], -1)
+    row2 = torch.stack([-x, -y, z], -1)
+    return torch.stack([row0, row1, row2], -2)
+
+
+def allocentric_to_egocentric(R_allo: Tensor, t: Tensor) -> Tensor:
+    return ray_rotation(t) @ R_allo
+
+
+def egocentric_to_allocentric(R: Tensor, t: Tensor) -> Tensor:
+    return ray_rotation(t).transpose(-1, -2) @ R

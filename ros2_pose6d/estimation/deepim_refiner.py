@@ -1,0 +1,119 @@
+"""DeepIM refinement stage: render at the current pose, zoom in on observed and rendered, predict the
+relative pose, update, repeat; batched over all objects of a frame. Estimates that cannot be refined
+(behind the camera, off the image, nothing rendered, diverging) come back unrefined with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ros2_pose6d.config import build_config
+from ros2_pose6d.estimation.model_set import ModelSet, build_model_set
+from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
+from ros2_pose6d.estimation.types import Frame, PoseEstimate
+from ros2_pose6d.estimation.zoom import zoom_in
+from ros2_pose6d.geometry.deepim_update import apply_update
+from ros2_pose6d.nets.backbone import normalise_images
+from ros2_pose6d.nets.checkpoint import load_weights, read_metadata
+from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
+from ros2_pose6d.objects.registry import ObjectRegistry
+from ros2_pose6d.render.renderer import MeshRenderer
+
+ARCH = "deepim"
+
+
+def crop_focal(K_crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """Focal lengths of the crop in crop widths/heights (N, 2): the unit of DeepIM's (vx, vy) here, so the
+    network's translation output is independent of the crop resolution."""
+    h, w = out_hw
+    return torch.stack([K_crop[:, 0, 0] / w, K_crop[:, 1, 1] / h], -1)
+
+
+def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: Tensor,
+                images: Tensor, points: Tensor, est_boxes: Tensor | None):
+    """One render-and-compare iteration: returns (R_new, t_new, network output, zoomed pair)."""
+    cfg = net.cfg
+    with torch.no_grad():
+        z = zoom_in(renderer, mesh_idx, R, t, K, images, points, est_boxes, cfg.input_size, cfg.zoom_scale)
+    out = net(normalise_images(z.observed), normalise_images(z.rendered), z.mask)
+    R_new, t_new = apply_update(R, t, out["R_delta"], out["v"], crop_focal(z.K, cfg.input_size))
+    return R_new, t_new, out, z
+
+
+class DeepimRefiner:
+    def __init__(self, net: DeepimNet, registry: ObjectRegistry, device: str | torch.device = "cpu",
+                 model_set: ModelSet | None = None) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.registry = registry
+        self.models = (model_set or build_model_set(registry, 512, 256)).to(self.device)
+        self.renderer = MeshRenderer([o.mesh for o in registry], self.device)
+        self.points = self.models.loss_points * self.models.diameters[:, None, None]  # metres
+
+    @classmethod
+    def from_weights(cls, path: str | Path, registry: ObjectRegistry, device: str | torch.device = "cpu") -> DeepimRefiner:
+        _, config, _ = read_metadata(path)
+        net = DeepimNet(build_config(DeepimConfig, config.get("model", config)))
+        load_weights(path, net, ARCH)
+        return cls(net, registry, device)
+
+    @torch.no_grad()
+    def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
+                       est_boxes: Tensor | None, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
+        """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3).
+        Returns refined R, t, fit error (N,) (mean |observed - rendered| over the rendered mask), the
+        iterations actually kept (N,) and a reason per instance ('' when all went well)."""
+        N = len(mesh_idx)
+        reasons = [""] * N
+        done = torch.zeros(N, dtype=torch.long, device=self.device)
+        z0 = t[:, 2].clone()
+        for _ in range(iterations):
+            R_new, t_new, _, z = deepim_step(self.net, self.renderer, mesh_idx, R, t, K, images,
+                                             self.points[mesh_idx], est_boxes)
+            empty = z.mask.flatten(1).sum(1) == 0
+            finite = torch.isfinite(R_new).flatten(1).all(1) & torch.isfinite(t_new).all(1)
+            sane = finite & (t_new[:, 2] > 0.5 * z0) & (t_new[:, 2] < 2.0 * z0) & (t_new[:, 2] > 0.02)
+            ok = sane & ~empty
+            for i in torch.nonzero(~ok)[:, 0].tolist():
+                if not reasons[i]:
+                    reasons[i] = ("nothing rendered in the zoomed crop" if bool(empty[i])
+                                  else "iteration diverged (non-finite or absurd depth); kept the last good pose")
+            R = torch.where(ok[:, None, None], R_new, R)
+            t = torch.where(ok[:, None], t_new, t)
+            done = done + ok.long()
+        z = zoom_in(self.renderer, mesh_idx, R, t, K, images, self.points[mesh_idx], est_boxes,
+                    self.net.cfg.input_size, self.net.cfg.zoom_scale)
+        diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask
+        fit = diff.flatten(1).sum(1) / z.mask.flatten(1).sum(1).clamp_min(1)
+        return R, t, fit, done, reasons
+
+    def refine(self, frame: Frame, estimates: list[PoseEstimate], iterations: int | None = None) -> list[PoseEstimate]:
+        """Refined copies of ``estimates`` (same order; stage 'refined', iterations and fit_error set).
+        Estimates that cannot be refined come back unchanged with the reason in ``notes``."""
+        iterations = self.net.cfg.iterations if iterations is None else iterations
+        usable, results = screen_estimates(frame, estimates, self.registry)
+        if not usable:
+            return results
+        idx = torch.tensor([self.registry.index(estimates[i].object_id) for i in usable], device=self.device)
+        R = torch.as_tensor(np.stack([estimates[i].R for i in usable]), dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(np.stack([estimates[i].t for i in usable]), dtype=torch.float32, device=self.device)
+        boxes = torch.as_tensor(np.stack([estimates[i].bbox_xyxy for i in usable]), dtype=torch.float32,
+                                device=self.device)
+        has_box = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        img = frame_tensor(frame, self.device)
+        n = len(usable)
+        K = torch.as_tensor(frame.K, dtype=torch.float32, device=self.device).expand(n, 3, 3)
+        from ros2_pose6d.estimation.zoom import projected_boxes
+        own = projected_boxes(self.points[idx], R, t, K)
+        est = torch.where(has_box[:, None], boxes, own)
+        R2, t2, fit, done, reasons = self.refine_tensors(img.expand(n, -1, -1, -1), K, idx, R, t, est, iterations)
+        for k, i in enumerate(usable):
+            e = estimates[i]
+            notes = list(e.notes) + ([reasons[k]] if reasons[k] else [])
+            results[i] = replace(e, R=R2[k].double().cpu().numpy(), t=t2[k].double().cpu().numpy(), stage="refined",
+                                 iterations=int(done[k]), fit_error=float(fit[k]), notes=notes)
+        return results

@@ -1,0 +1,55 @@
+"""What both refiners do before refining: turn the frame into a tensor, and screen the incoming
+estimates (unknown object, non-finite pose, behind the camera, centre far off the image), which come back
+unrefined with the reason in their notes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ros2_pose6d.estimation.types import Frame, PoseEstimate, validate_frame
+from ros2_pose6d.objects.registry import ObjectRegistry
+
+MIN_DEPTH = 0.02  # [m] closer than this (or behind the camera) is not a pose we can render
+
+
+def frame_tensor(frame: Frame, device: torch.device) -> Tensor:
+    """(1, 3, H, W) float in [0, 1]."""
+    validate_frame(frame)
+    return torch.as_tensor(frame.image, device=device).permute(2, 0, 1)[None].float() / 255.0
+
+
+def screen_reason(frame: Frame, e: PoseEstimate, registry: ObjectRegistry) -> str:
+    """'' when ``e`` can be refined, else why not."""
+    if e.object_id not in registry.ids:
+        return f"object {e.object_id} is not in the object set"
+    R, t = np.asarray(e.R, float), np.asarray(e.t, float)
+    if R.shape != (3, 3) or t.shape != (3,) or not (np.isfinite(R).all() and np.isfinite(t).all()):
+        return "pose is not a finite 3x3 rotation and 3-vector"
+    if abs(np.linalg.det(R) - 1) > 1e-2:
+        return "R is not a rotation (det != 1)"
+    if t[2] < MIN_DEPTH:
+        return f"object is behind or at the camera (z = {t[2]:.3f} m)"
+    h, w = frame.image.shape[:2]
+    uvw = np.asarray(frame.K, float) @ t
+    u, v = uvw[:2] / uvw[2]
+    if not (-0.5 * w <= u <= 1.5 * w and -0.5 * h <= v <= 1.5 * h):
+        return f"object centre projects far outside the image ({u:.0f}, {v:.0f})"
+    return ""
+
+
+def screen_estimates(frame: Frame, estimates: list[PoseEstimate],
+                     registry: ObjectRegistry) -> tuple[list[int], list[PoseEstimate]]:
+    """(indices that can be refined, result list prefilled with the unrefinable ones annotated)."""
+    usable, results = [], []
+    for i, e in enumerate(estimates):
+        reason = screen_reason(frame, e, registry)
+        if reason:
+            results.append(replace(e, notes=[*e.notes, f"not refined: {reason}"]))
+        else:
+            usable.append(i)
+            results.append(e)
+    return usable, results

@@ -1,0 +1,74 @@
+"""Weights on disk: safetensors with the architecture name and its config (YAML) in the metadata, so a
+file says what it is and loading the wrong one is a clear error, not a shape-mismatch wall."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, unreadable or for another architecture."""
+
+
+def save_weights(path: str | Path, module: nn.Module, arch: str, config: dict, meta: dict[str, Any] | None = None,
+                 extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``module``'s state (plus ``extra_tensors`` under 'extra.*') atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
+    metadata = {"arch": arch, "config": yaml.safe_dump(config, sort_keys=False),
+                "meta": json.dumps(meta or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | Path) -> tuple[str, dict, dict]:
+    """(arch, config, meta) of a weights file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if "arch" not in md:
+        raise CheckpointError(f"{path}: no architecture recorded (not a ros2_pose6d weights file)")
+    return md["arch"], yaml.safe_load(md.get("config", "{}")) or {}, json.loads(md.get("meta", "{}"))
+
+
+def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """Load into ``module``; returns (config, meta, extra tensors). Raises CheckpointError on mismatch."""
+    found, config, meta = read_metadata(path)
+    if found != arch:
+        raise CheckpointError(f"{path}: holds '{found}' weights, expected '{arch}'")
+    tensors = load_file(str(path))
+    extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+    state = {k: v for k, v in tensors.items() if not k.startswith("extra.")}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:3]}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:3]}")
+        if wrong:
+            details.append(f"shape of {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)}")
+        raise CheckpointError(f"{path}: weights do not fit this {arch} configuration ({'; '.join(details)})")
+    module.load_state_dict(state)
+    return config, meta, extra

@@ -1,0 +1,102 @@
+"""DeepIM's network: a FlowNetSimple encoder over the stacked zoomed-in observed image, rendered
+image and rendered mask, two FC layers to a rotation delta (unit quaternion, camera frame) and the
+disentangled translation delta (vx, vy, vz); auxiliary optical-flow and mask heads on a FlowNetS-style
+decoder with skip connections, switchable by config. Trained from scratch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ros2_pose6d.geometry.rotations import quaternion_to_matrix
+
+# FlowNetS encoder: (name, out channels at width 1, kernel, stride)
+FLOWNETS = (("conv1", 64, 7, 2), ("conv2", 128, 5, 2), ("conv3", 256, 5, 2), ("conv3_1", 256, 3, 1),
+            ("conv4", 512, 3, 2), ("conv4_1", 512, 3, 1), ("conv5", 512, 3, 2), ("conv5_1", 512, 3, 1),
+            ("conv6", 1024, 3, 2), ("conv6_1", 1024, 3, 1))
+
+
+@dataclass
+class DeepimConfig:
+    """input_size (H, W) of the zoomed-in crops (DeepIM: 480x640); width scales every channel count;
+    zoom_scale: crop size relative to the union box (margin); flow/mask heads are auxiliary."""
+
+    input_size: tuple[int, int] = (240, 320)
+    width: float = 1.0
+    fc_dim: int = 256
+    observed_mask: bool = False  # an extra input channel (when a segmentation is available)
+    flow_head: bool = True
+    mask_head: bool = True
+    zoom_scale: float = 1.4
+    iterations: int = 4
+
+
+def _conv(cin: int, cout: int, k: int, s: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2), nn.LeakyReLU(0.1, inplace=True))
+
+
+class DeepimNet(nn.Module):
+    """forward(observed (B, 3, H, W), rendered (B, 3, H, W), rendered_mask (B, 1, H, W)[, observed_mask])
+    -> dict: quat (B, 4) unit xyzw, R_delta (B, 3, 3), v (B, 3); flow (B, 2, H/4, W/4) [crop px] and
+    mask_logits (B, 1, H/4, W/4) when the heads are on. Images normalised, masks in {0, 1}."""
+
+    def __init__(self, cfg: DeepimConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = lambda c: max(8, int(round(c * cfg.width)))  # noqa: E731
+        cin = 3 + 3 + 1 + (1 if cfg.observed_mask else 0)
+        self.encoder = nn.ModuleDict()
+        self.channels = {}
+        for name, c, k, s in FLOWNETS:
+            self.encoder[name] = _conv(cin, ch(c), k, s)
+            cin = self.channels[name] = ch(c)
+        self.pool = nn.AdaptiveAvgPool2d((4, 4))  # FC input independent of the crop size
+        self.fc = nn.Sequential(nn.Linear(cin * 16, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True),
+                                nn.Linear(cfg.fc_dim, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True))
+        self.rot = nn.Linear(cfg.fc_dim, 4)
+        self.trans = nn.Linear(cfg.fc_dim, 3)
+        for layer in (self.rot, self.trans):
+            nn.init.normal_(layer.weight, std=1e-3)
+            nn.init.zeros_(layer.bias)
+        with torch.no_grad():
+            self.rot.bias[3] = 1.0  # identity quaternion (x, y, z, w)
+        if cfg.flow_head or cfg.mask_head:
+            c = self.channels
+            self.up5 = nn.ConvTranspose2d(c["conv6_1"], ch(512), 4, 2, 1)
+            self.up4 = nn.ConvTranspose2d(ch(512) + c["conv5_1"], ch(256), 4, 2, 1)
+            self.up3 = nn.ConvTranspose2d(ch(256) + c["conv4_1"], ch(128), 4, 2, 1)
+            self.up2 = nn.ConvTranspose2d(ch(128) + c["conv3_1"], ch(64), 4, 2, 1)
+            self.predict = nn.Conv2d(ch(64) + c["conv2"], 3, 3, 1, 1)  # flow (2) + mask logit (1) at stride 4
+
+    def forward(self, observed: Tensor, rendered: Tensor, rendered_mask: Tensor,
+                observed_mask: Tensor | None = None) -> dict[str, Tensor]:
+        inputs = [observed, rendered, rendered_mask]
+        if self.cfg.observed_mask:
+            if observed_mask is None:
+                raise ValueError("this DeepIM network was configured with an observed-mask input")
+            inputs.append(observed_mask)
+        x = torch.cat(inputs, 1)
+        skips = {}
+        for name, layer in self.encoder.items():
+            x = layer(x)
+            skips[name] = x
+        h = self.fc(self.pool(x).flatten(1))
+        quat = F.normalize(self.rot(h), dim=-1)
+        out = {"quat": quat, "R_delta": quaternion_to_matrix(quat), "v": self.trans(h)}
+        if self.cfg.flow_head or self.cfg.mask_head:
+            y = skips["conv6_1"]
+            for up, skip in ((self.up5, "conv5_1"), (self.up4, "conv4_1"), (self.up3, "conv3_1"), (self.up2, "conv2")):
+                y = F.leaky_relu(up(y), 0.1)
+                s = skips[skip]
+                if y.shape[-2:] != s.shape[-2:]:  # odd feature sizes: match the skip's grid
+                    y = F.interpolate(y, size=s.shape[-2:], mode="bilinear", align_corners=False)
+                y = torch.cat([y, s], 1)
+            pred = self.predict(y)
+            if self.cfg.flow_head:
+                out["flow"] = pred[:, :2] * 4.0
+            if self.cfg.mask_head:
+                out["mask_logits"] = pred[:, 2:3]
+        return out

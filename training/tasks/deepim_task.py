@@ -1,0 +1,119 @@
+"""DeepIM training: perturb ground-truth poses as the paper does (angle ~ N(0, 15 deg) about a random
+axis, translation ~ N(0, (1, 1, 5) cm)), one render-and-compare step, symmetric point-matching loss on
+the updated pose plus the auxiliary flow and mask losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from ros2_pose6d.training.datasets import InstanceDataset, collate_instances
+from ros2_pose6d.training.losses.point_matching import symmetric_point_matching
+from torch import Tensor
+
+from ros2_pose6d.config import build_config, to_dict
+from ros2_pose6d.estimation.deepim_refiner import deepim_step
+from ros2_pose6d.estimation.model_set import build_model_set
+from ros2_pose6d.estimation.zoom import flow_between, projected_boxes
+from ros2_pose6d.geometry.rotations import rotation_about_axis
+from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
+from ros2_pose6d.objects.registry import ObjectRegistry
+from ros2_pose6d.render.rasterize import RasterSettings
+from ros2_pose6d.render.renderer import MeshRenderer
+
+
+@dataclass
+class DeepimLossConfig:
+    rot_std_deg: float = 15.0
+    trans_std: tuple[float, float, float] = (0.01, 0.01, 0.05)  # [m]
+    w_point_matching: float = 1.0
+    w_flow: float = 0.1
+    w_mask: float = 0.03
+
+
+def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float,
+                  trans_std: tuple[float, float, float]) -> tuple[Tensor, Tensor]:
+    """DeepIM's perturbation of (N, 3, 3), (N, 3) poses: rotation about a random axis by an angle ~ N(0,
+    rot_std) (camera frame, about the object centre) and a Gaussian translation offset."""
+    N = len(R)
+    axis = torch.randn(N, 3, generator=gen)
+    angle = torch.randn(N, generator=gen) * math.radians(rot_std_deg)
+    dR = rotation_about_axis(axis, angle).to(R)
+    dt = torch.randn(N, 3, generator=gen) * torch.tensor(trans_std)
+    t_new = t + dt.to(t)
+    t_new[:, 2] = t_new[:, 2].clamp_min(0.1)
+    return dR @ R, t_new
+
+
+class DeepimTask:
+    arch = "deepim"
+
+    def __init__(self, cfg, registry: ObjectRegistry) -> None:
+        self.cfg, self.registry = cfg, registry
+        self.model_cfg = build_config(DeepimConfig, cfg.model, prefix="model")
+        self.loss_cfg = build_config(DeepimLossConfig, cfg.loss, prefix="loss")
+        self.model = DeepimNet(self.model_cfg)
+        self.forward_module = self.model
+        self.models = build_model_set(registry, 512, 256)
+        self._renderers: dict[str, MeshRenderer] = {}
+
+    def renderer(self, device: torch.device) -> MeshRenderer:
+        key = str(device)
+        if key not in self._renderers:
+            self._renderers[key] = MeshRenderer([o.mesh for o in self.registry], device)
+        return self._renderers[key]
+
+    def train_dataset(self):
+        d = self.cfg.data
+        return InstanceDataset(d.train, self.registry, max(0.2, d.min_visib), d.jitter, self.cfg.optim.seed), \
+            collate_instances
+
+    def step(self, batch: dict[str, Tensor], device: torch.device, gen: torch.Generator):
+        lc = self.loss_cfg
+        images, K = batch["image"].to(device), batch["K"].to(device)
+        label, R_gt, t_gt = batch["label"].to(device), batch["R"].to(device), batch["t"].to(device)
+        R_src, t_src = perturb_poses(R_gt, t_gt, gen, lc.rot_std_deg, lc.trans_std)
+        m = self.models.to(device)
+        points_m = m.loss_points[label] * m.diameters[label, None, None]
+        renderer = self.renderer(device)
+        est = projected_boxes(points_m, R_gt, t_gt, K)  # the observed object's box
+        R_pred, t_pred, out, z = deepim_step(self.forward_module, renderer, label, R_src, t_src, K, images,
+                                             points_m, est)
+        diam = m.diameters[label]
+        pm = symmetric_point_matching(R_pred, R_gt, m.loss_points[label], m.symmetries[label],
+                                      t_pred / diam[:, None], t_gt / diam[:, None]).mean()
+        loss = lc.w_point_matching * pm
+        parts = {"point_matching": float(pm.detach())}
+        if "flow" in out or "mask_logits" in out:
+            h, w = self.model_cfg.input_size
+            with torch.no_grad():
+                tgt = renderer.render(label, R_gt, t_gt, z.K, RasterSettings(h, w), shade=False)
+                flow, valid = flow_between(z.depth, z.mask, R_src, t_src, R_gt, t_gt, z.K, tgt.depth)
+            fh, fw = out.get("flow", out.get("mask_logits")).shape[-2:]
+            sub = lambda x: F.interpolate(x, size=(fh, fw), mode="nearest")  # noqa: E731
+            if "flow" in out:
+                v = sub(valid[:, None].float())
+                err = (out["flow"] - sub(flow)).abs().sum(1, keepdim=True) / w
+                fl = (err * v).sum() / v.sum().clamp_min(1)
+                loss = loss + lc.w_flow * fl
+                parts["flow"] = float(fl.detach())
+            if "mask_logits" in out:
+                mk = F.binary_cross_entropy_with_logits(out["mask_logits"], sub(tgt.mask[:, None].float()))
+                loss = loss + lc.w_mask * mk
+                parts["mask"] = float(mk.detach())
+        parts["total"] = float(loss.detach())
+        return loss, parts
+
+    def model_config(self) -> dict:
+        return to_dict(self.model_cfg)
+
+    def extra_tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_extra(self, extra: dict[str, Tensor]) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
