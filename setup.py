@@ -101,7 +101,7 @@ setup(
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]) + [f"{PACKAGE}.training"],
     package_dir={f"{PACKAGE}.training": "training"},
-    package_data={PACKAGE: ["io/msg/*.msg"]},
+    package_data={PACKAGE: ["io/msg/*.msg"], f"{PACKAGE}.training": ["configs/*.yaml"]},
     data_files=_data_files(),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
@@ -134,6 +134,7 @@ setup(
             "pose6d-demo = ros2_pose6d.cli.demo:main",
             "pose6d-make-demo-objects = ros2_pose6d.cli.make_demo_objects:main",
             "pose6d-generate = ros2_pose6d.training.cli_generate:entry",
+            "pose6d-train = ros2_pose6d.training.cli_train:entry",
         ],
     },
 )

@@ -55,7 +55,8 @@ class DeepimRefiner:
         self.points = self.models.loss_points * self.models.diameters[:, None, None]  # metres
 
     @classmethod
-    def from_weights(cls, path: str | Path, registry: ObjectRegistry, device: str | torch.device = "cpu") -> DeepimRefiner:
+    def from_weights(cls, path: str | Path, registry: ObjectRegistry,
+                     device: str | torch.device = "cpu") -> DeepimRefiner:
         _, config, _ = read_metadata(path)
         net = DeepimNet(build_config(DeepimConfig, config.get("model", config)))
         load_weights(path, net, ARCH)

@@ -48,7 +48,8 @@ STAGES = ("detected", "refined", "tracked")
 @dataclass
 class PoseEstimate:
     """One object instance. R (3, 3), t (3,) [m] object-to-camera; bbox_xyxy [px]; visibility in [0, 1];
-    stage one of STAGES; iterations of refinement; fit_error (lower is better, NaN if not refined)."""
+    stage one of STAGES; iterations of refinement; fit_error (lower is better, NaN if not refined);
+    occlusion (H, W) bool where the object is hidden (NeMo), or None; notes: why a step was skipped."""
 
     object_id: int
     R: np.ndarray
@@ -61,3 +62,4 @@ class PoseEstimate:
     iterations: int = 0
     fit_error: float = float("nan")
     notes: list[str] = field(default_factory=list)
+    occlusion: np.ndarray | None = None

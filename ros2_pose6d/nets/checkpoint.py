@@ -68,7 +68,8 @@ def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, 
         if unexpected:
             details.append(f"unexpected {unexpected[:3]}")
         if wrong:
-            details.append(f"shape of {wrong[0]}: file {tuple(state[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)}")
+            k = wrong[0]
+            details.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"{path}: weights do not fit this {arch} configuration ({'; '.join(details)})")
     module.load_state_dict(state)
     return config, meta, extra

@@ -46,7 +46,7 @@ class DeepimNet(nn.Module):
     def __init__(self, cfg: DeepimConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        ch = lambda c: max(8, int(round(c * cfg.width)))  # noqa: E731
+        ch = lambda c: max(8, round(c * cfg.width))  # noqa: E731
         cin = 3 + 3 + 1 + (1 if cfg.observed_mask else 0)
         self.encoder = nn.ModuleDict()
         self.channels = {}

@@ -4,6 +4,7 @@ optional iterative box refinement (each layer's box head moves the next layer's 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,7 @@ class MLP(nn.Module):
     def __init__(self, cin: int, hidden: int, cout: int, layers: int) -> None:
         super().__init__()
         dims = [cin] + [hidden] * (layers - 1) + [cout]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
@@ -123,14 +124,12 @@ class DeformableTransformer(nn.Module):
         srcs, masks, pos = [], [], []
         x = features[-1]
         for lvl, proj in enumerate(self.input_proj):
-            if lvl < len(features):
-                s = proj(features[lvl])
-            else:
-                s = proj(x if lvl == len(features) else srcs[-1])
+            s = proj(features[lvl]) if lvl < len(features) else proj(x if lvl == len(features) else srcs[-1])
             m = F.interpolate(image_mask[None].float(), size=s.shape[-2:])[0].bool()
             srcs.append(s)
             masks.append(m)
-            pos.append(sine_position_encoding(m, self.cfg.d_model // 2).to(s.dtype) + self.level_embed[lvl][:, None, None])
+            enc = sine_position_encoding(m, self.cfg.d_model // 2).to(s.dtype)
+            pos.append(enc + self.level_embed[lvl][:, None, None])
         return srcs, masks, pos
 
     @staticmethod

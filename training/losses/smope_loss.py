@@ -73,7 +73,8 @@ class SmopeCriterion:
         cls_target[b_idx, q_idx] = labels
         weight = torch.ones(C1, device=logits.device)
         weight[-1] = cfg.no_object_weight
-        losses = {"class": softmax_focal_loss(logits.flatten(0, 1), cls_target.flatten(), cfg.focal_gamma, weight) / num}
+        focal = softmax_focal_loss(logits.flatten(0, 1), cls_target.flatten(), cfg.focal_gamma, weight)
+        losses = {"class": focal / num}
         zero = logits.sum() * 0
         if len(labels) == 0:
             return losses | {k: zero for k in ("bbox", "giou", "rot", "centre", "depth", "visibility")}

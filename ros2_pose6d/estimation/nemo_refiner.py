@@ -1,0 +1,174 @@
+"""NeMo refinement stage: zoom in on each object, extract unit features once, then optimise the pose
+(axis-angle update on the rotation and an offset on the translation) with Adam so that the rendered
+neural-mesh features explain the image better than clutter; several rotated starting poses optionally,
+keeping the best. Outputs the pose, an occlusion map and the visibility it implies, and the final loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ros2_pose6d.config import build_config
+from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, feature_intrinsics, render_compare
+from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
+from ros2_pose6d.estimation.types import Frame, PoseEstimate
+from ros2_pose6d.estimation.zoom import projected_boxes
+from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics, project, zoom_in_boxes
+from ros2_pose6d.geometry.rotations import axis_angle_to_matrix
+from ros2_pose6d.nets.backbone import normalise_images
+from ros2_pose6d.nets.checkpoint import load_weights, read_metadata
+from ros2_pose6d.nets.nemo import NemoConfig, NemoModel
+from ros2_pose6d.objects.registry import ObjectRegistry
+
+ARCH = "nemo"
+
+
+def hypothesis_rotations(n: int, device: torch.device) -> Tensor:
+    """(n, 3, 3) camera-frame rotations applied to the start pose: identity, then +-30 deg about z, x, y."""
+    axes = [(0, 0, 1), (0, 0, -1), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)]
+    out = [torch.eye(3, device=device)]
+    for a in axes[: max(0, n - 1)]:
+        out.append(axis_angle_to_matrix(torch.tensor(a, dtype=torch.float32, device=device) * math.radians(30)))
+    return torch.stack(out[:n])
+
+
+def paste_crop_mask(crop_mask: np.ndarray, window: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A (h, w) mask of the crop ``window`` (x0, y0, x1, y1) put back into an (H, W) image (nearest)."""
+    H, W = hw
+    h, w = crop_mask.shape
+    x0, y0, x1, y1 = window
+    us, vs = np.arange(W), np.arange(H)
+    cu = np.floor((us - x0) / (x1 - x0) * w).astype(int)
+    cv = np.floor((vs - y0) / (y1 - y0) * h).astype(int)
+    valid = (cv[:, None] >= 0) & (cv[:, None] < h) & (cu[None] >= 0) & (cu[None] < w)
+    out = crop_mask[cv.clip(0, h - 1)[:, None], cu.clip(0, w - 1)[None]]
+    return out & valid
+
+
+class NemoRefiner:
+    def __init__(self, model: NemoModel, registry: ObjectRegistry, device: str | torch.device = "cpu",
+                 meshes: NeuralMeshes | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg: NemoConfig = model.cfg
+        self.registry = registry
+        self.meshes = meshes or NeuralMeshes(registry, self.cfg.mesh_vertices, self.device)
+        if self.meshes.num_vertices != model.bank.vertex_features.shape[0]:
+            raise ValueError(f"the weights hold features for {model.bank.vertex_features.shape[0]} vertices but the "
+                             f"object set's neural meshes have {self.meshes.num_vertices}: other objects?")
+
+    @classmethod
+    def from_weights(cls, path: str | Path, registry: ObjectRegistry,
+                     device: str | torch.device = "cpu") -> NemoRefiner:
+        _, config, _ = read_metadata(path)
+        cfg = build_config(NemoConfig, config.get("model", config))
+        meshes = NeuralMeshes(registry, cfg.mesh_vertices, device)
+        model = NemoModel(cfg, meshes.num_vertices)
+        load_weights(path, model, ARCH)
+        return cls(model, registry, device, meshes)
+
+    def crops(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
+              est_boxes: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Zoom windows (N, 4), crops (N, 3, H, W) and crop intrinsics (N, 3, 3) around the start poses."""
+        pts = torch.stack([torch.as_tensor(self.meshes.meshes[int(i)].vertices[:: max(1, len(
+            self.meshes.meshes[int(i)].vertices) // 200)][:200], device=self.device) for i in mesh_idx])
+        box = projected_boxes(pts, R, t, K)
+        if est_boxes is not None:
+            box = torch.cat([torch.fmin(box[:, :2], est_boxes[:, :2]), torch.fmax(box[:, 2:], est_boxes[:, 2:])], -1)
+        centre = project(t[:, None], K)[:, 0]
+        windows = zoom_in_boxes(centre, box, self.cfg.input_size, self.cfg.zoom_scale)
+        return windows, crop_resize(images, windows, self.cfg.input_size), crop_resize_intrinsics(K, windows,
+                                                                                                 self.cfg.input_size)
+
+    def optimise(self, features: Tensor, K_feat: Tensor, mesh_idx: Tensor, R0: Tensor, t0: Tensor,
+                 steps: int, hypotheses: int):
+        """Gradient descent from (R0, t0) (N, ...) and rotated starts; returns the best R, t, loss (N,),
+        occlusion map and rendered mask (N, h, w) at the best pose."""
+        N = len(mesh_idx)
+        Hn = max(1, hypotheses)
+        starts = hypothesis_rotations(Hn, self.device)  # (Hn, 3, 3)
+        Rs = (starts[:, None] @ R0[None]).reshape(Hn * N, 3, 3)
+        ts = t0.repeat(Hn, 1)
+        idx = mesh_idx.repeat(Hn)
+        feats = features.repeat(Hn, 1, 1, 1)
+        Kf = K_feat.repeat(Hn, 1, 1)
+        bank = self.model.bank
+        clutter_log = clutter_score(feats, bank.clutter, self.cfg.temperature).detach()
+        omega = torch.zeros(Hn * N, 3, device=self.device, requires_grad=True)
+        delta = torch.zeros(Hn * N, 3, device=self.device, requires_grad=True)
+        opt = torch.optim.Adam([{"params": [omega], "lr": self.cfg.lr_rotation},
+                                {"params": [delta], "lr": self.cfg.lr_translation}])
+        best_loss = torch.full((Hn * N,), float("inf"), device=self.device)
+        best_R, best_t = Rs.clone(), ts.clone()
+        for _ in range(steps + 1):
+            R = axis_angle_to_matrix(omega) @ Rs
+            t = ts + delta
+            loss, _, _ = render_compare(self.meshes, bank.vertex_features, feats, clutter_log, idx, R, t, Kf,
+                                        self.cfg.temperature)
+            with torch.no_grad():
+                better = torch.isfinite(loss) & (loss < best_loss)
+                best_loss = torch.where(better, loss, best_loss)
+                best_R = torch.where(better[:, None, None], R, best_R)
+                best_t = torch.where(better[:, None], t, best_t)
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+        best_loss = best_loss.view(Hn, N)
+        pick = best_loss.argmin(0)
+        sel = pick * N + torch.arange(N, device=self.device)
+        with torch.no_grad():
+            loss, occluded, mask = render_compare(self.meshes, bank.vertex_features, features,
+                                                  clutter_log[:N] if Hn == 1 else clutter_log[sel], mesh_idx,
+                                                  best_R[sel], best_t[sel], K_feat, self.cfg.temperature)
+        return best_R[sel], best_t[sel], loss, occluded, mask
+
+    def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
+                       est_boxes: Tensor | None, steps: int | None = None, hypotheses: int | None = None):
+        """Batched core. Returns R, t, loss (N,), visibility (N,), occlusion (N, h, w) bool, windows (N, 4)."""
+        steps = self.cfg.steps if steps is None else steps
+        hypotheses = self.cfg.hypotheses if hypotheses is None else hypotheses
+        windows, crops, Kc = self.crops(images, K, mesh_idx, R, t, est_boxes)
+        with torch.no_grad():
+            features = self.model(normalise_images(crops)).permute(0, 2, 3, 1)
+        Kf = feature_intrinsics(Kc, self.cfg.input_size, self.cfg.stride)
+        with torch.enable_grad():
+            R2, t2, loss, occluded, mask = self.optimise(features, Kf, mesh_idx, R, t, steps, hypotheses)
+        fg = mask.flatten(1).sum(1)
+        visibility = 1 - occluded.flatten(1).sum(1) / fg.clamp_min(1)
+        visibility = torch.where(fg > 0, visibility, torch.zeros_like(visibility))
+        return R2.detach(), t2.detach(), loss.detach(), visibility, occluded, windows
+
+    def refine(self, frame: Frame, estimates: list[PoseEstimate], steps: int | None = None) -> list[PoseEstimate]:
+        """Refined copies of ``estimates`` with visibility from the occlusion map, fit_error = final loss and
+        the occlusion map (full-image bool) in ``occlusion``; unrefinable ones unchanged with the reason."""
+        usable, results = screen_estimates(frame, estimates, self.registry)
+        if not usable:
+            return results
+        dev = self.device
+        idx = torch.tensor([self.registry.index(estimates[i].object_id) for i in usable], device=dev)
+        R = torch.as_tensor(np.stack([estimates[i].R for i in usable]), dtype=torch.float32, device=dev)
+        t = torch.as_tensor(np.stack([estimates[i].t for i in usable]), dtype=torch.float32, device=dev)
+        boxes = torch.as_tensor(np.stack([estimates[i].bbox_xyxy for i in usable]), dtype=torch.float32, device=dev)
+        n = len(usable)
+        K = torch.as_tensor(frame.K, dtype=torch.float32, device=dev).expand(n, 3, 3).contiguous()
+        has_box = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        img = frame_tensor(frame, dev).expand(n, -1, -1, -1)
+        est = torch.where(has_box[:, None], boxes, torch.full_like(boxes, float("nan")))  # NaN: no estimate
+        R2, t2, loss, vis, occ, windows = self.refine_tensors(img, K, idx, R, t, est, steps)
+        hw = frame.image.shape[:2]
+        for k, i in enumerate(usable):
+            e = estimates[i]
+            ok = bool(torch.isfinite(R2[k]).all() and torch.isfinite(t2[k]).all() and t2[k, 2] > 0.02)
+            if not ok:
+                results[i] = replace(e, notes=[*e.notes, "not refined: optimisation diverged"])
+                continue
+            occlusion = paste_crop_mask(occ[k].cpu().numpy(), windows[k].cpu().numpy(), hw)
+            results[i] = replace(e, R=R2[k].double().cpu().numpy(), t=t2[k].double().cpu().numpy(), stage="refined",
+                                 iterations=self.cfg.steps if steps is None else steps, fit_error=float(loss[k]),
+                                 visibility=float(vis[k]), occlusion=occlusion)
+        return results

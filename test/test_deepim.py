@@ -1,0 +1,135 @@
+"""DeepIM: zoom-in geometry, flow targets, a tiny network that overfits, refinement bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from ros2_pose6d.training.tasks.deepim_task import perturb_poses
+
+from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
+from ros2_pose6d.estimation.types import Frame, PoseEstimate
+from ros2_pose6d.estimation.zoom import flow_between, zoom_in
+from ros2_pose6d.geometry.rotations import rotation_about_axis
+from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
+from ros2_pose6d.objects.registry import ObjectRegistry
+from ros2_pose6d.render.rasterize import RasterSettings
+from ros2_pose6d.render.renderer import MeshRenderer
+
+TINY = DeepimConfig(input_size=(48, 64), width=0.125, fc_dim=32, iterations=2)
+K = torch.tensor([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+
+
+@pytest.fixture(scope="module")
+def renderer(registry):
+    return MeshRenderer([o.mesh for o in registry])
+
+
+def _points(registry, i):
+    return torch.as_tensor(registry.objects[i].mesh.vertices[::20])[None]
+
+
+@pytest.mark.parametrize("z", [0.5, 1.0])
+def test_zoom_in_centres_the_object_and_scales_with_distance(registry, renderer, z):
+    R = rotation_about_axis(torch.tensor([[1.0, 0.3, 0]]), torch.tensor([0.4]))
+    t = torch.tensor([[0.05, -0.03, z]])
+    images = torch.zeros(1, 3, 240, 320)
+    zp = zoom_in(renderer, torch.tensor([2]), R, t, K[None], images, _points(registry, 2), None, (96, 128), 1.4)
+    x0, y0, x1, y1 = zp.boxes[0].tolist()
+    uvw = K @ t[0]
+    assert (x0 + x1) / 2 == pytest.approx(float(uvw[0] / uvw[2]), abs=1e-3)  # centred on the projected centre
+    assert (y0 + y1) / 2 == pytest.approx(float(uvw[1] / uvw[2]), abs=1e-3)
+    assert (x1 - x0) / (y1 - y0) == pytest.approx(128 / 96, rel=1e-5)  # aspect of the network input
+    # the rendered object sits inside the crop with the margin: its box is 1/1.4 of the crop on the tight side
+    ys, xs = np.nonzero(zp.mask[0, 0].numpy())
+    assert xs.min() > 0 and ys.min() > 0 and xs.max() < 127 and ys.max() < 95
+    width_frac = max((xs.max() - xs.min() + 1) / 128, (ys.max() - ys.min() + 1) / 96)
+    assert width_frac == pytest.approx(1 / 1.4, abs=0.06)
+    test_zoom_in_centres_the_object_and_scales_with_distance.widths = getattr(
+        test_zoom_in_centres_the_object_and_scales_with_distance, "widths", {}) | {z: x1 - x0}
+    if len(test_zoom_in_centres_the_object_and_scales_with_distance.widths) == 2:
+        w = test_zoom_in_centres_the_object_and_scales_with_distance.widths
+        assert w[0.5] / w[1.0] == pytest.approx(2.0, rel=0.05)  # twice as far: half the crop
+
+
+def test_flow_moves_rendered_pixels_to_the_target_projection(registry, renderer):
+    R = rotation_about_axis(torch.tensor([[0.2, 1.0, 0]]), torch.tensor([0.3]))
+    t = torch.tensor([[0.0, 0.0, 0.6]])
+    R2, t2 = rotation_about_axis(torch.tensor([[0, 0, 1.0]]), torch.tensor([0.1])) @ R, t + torch.tensor([[0.01, 0, 0.02]])
+    s = RasterSettings(120, 160)
+    Kc = torch.tensor([[[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]]])
+    src = renderer.render(torch.tensor([0]), R, t, Kc, s, shade=False)
+    tgt = renderer.render(torch.tensor([0]), R2, t2, Kc, s, shade=False)
+    flow, valid = flow_between(src.depth, src.mask.float(), R, t, R2, t2, Kc, tgt.depth)
+    assert valid.sum() > 0.5 * src.mask.sum()
+    # follow the flow of the valid pixels: they land on the target silhouette
+    v, u = torch.nonzero(valid[0], as_tuple=True)
+    tu = (u + flow[0, 0, v, u]).round().long().clamp(0, 159)
+    tv = (v + flow[0, 1, v, u]).round().long().clamp(0, 119)
+    assert tgt.mask[0, tv, tu].float().mean() > 0.98
+
+
+def test_tiny_network_overfits_perturbed_samples(registry, renderer):
+    torch.manual_seed(0)
+    net = DeepimNet(TINY)
+    from ros2_pose6d.training.losses.point_matching import symmetric_point_matching
+
+    from ros2_pose6d.estimation.deepim_refiner import deepim_step
+    from ros2_pose6d.estimation.model_set import build_model_set
+    from ros2_pose6d.estimation.zoom import projected_boxes
+    ms = build_model_set(registry, 128, 64)
+    label = torch.tensor([0, 2, 3, 4])
+    R_gt = rotation_about_axis(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0], [0, 0, 1.0]]),
+                               torch.tensor([0.5, 1.0, -0.7, 2.0]))
+    t_gt = torch.tensor([[0.0, 0.0, 0.6], [0.05, 0.02, 0.7], [-0.04, 0.0, 0.5], [0.0, -0.05, 0.8]])
+    Ks = K.expand(4, 3, 3)
+    obs = renderer.render(label, R_gt, t_gt, Ks, RasterSettings(240, 320)).color.permute(0, 3, 1, 2)
+    R_src, t_src = perturb_poses(R_gt, t_gt, torch.Generator().manual_seed(0), 15.0, (0.01, 0.01, 0.05))
+    pts = ms.loss_points[label] * ms.diameters[label, None, None]
+    est = projected_boxes(pts, R_gt, t_gt, Ks)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    losses = []
+    for _ in range(150):
+        R_p, t_p, _, _ = deepim_step(net, renderer, label, R_src, t_src, Ks, obs, pts, est)
+        d = ms.diameters[label, None]
+        loss = symmetric_point_matching(R_p, R_gt, ms.loss_points[label], ms.symmetries[label], t_p / d,
+                                        t_gt / d).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
+
+
+def test_refiner_returns_unrefinable_estimates_with_a_reason(registry):
+    ref = DeepimRefiner(DeepimNet(TINY), registry)
+    img = np.zeros((240, 320, 3), np.uint8)
+    frame = Frame(img, K.numpy())
+    eye = np.eye(3)
+    ests = [PoseEstimate(1, eye, np.array([0, 0, -0.5])),  # behind the camera
+            PoseEstimate(1, eye, np.array([5.0, 0, 0.5])),  # far outside the image
+            PoseEstimate(99, eye, np.array([0, 0, 0.5])),  # unknown object
+            PoseEstimate(1, np.full((3, 3), np.nan), np.array([0, 0, 0.5])),
+            PoseEstimate(1, eye, np.array([0.0, 0.0, 0.6]))]  # fine
+    out = ref.refine(frame, ests)
+    assert len(out) == 5
+    for e, why in zip(out[:4], ("behind", "outside", "not in the object set", "finite")):
+        assert e.stage == "detected" and any(why in n for n in e.notes), e.notes
+    assert out[4].stage == "refined" and np.isfinite(out[4].fit_error)
+
+
+def test_refiner_keeps_the_last_good_pose_when_the_network_diverges(registry):
+    net = DeepimNet(TINY)
+    with torch.no_grad():
+        net.trans.bias[2] = float("nan")
+    ref = DeepimRefiner(net, registry)
+    start = PoseEstimate(1, np.eye(3), np.array([0.0, 0.0, 0.6]))
+    (out,) = ref.refine(Frame(np.zeros((240, 320, 3), np.uint8), K.numpy()), [start])
+    np.testing.assert_allclose(out.t, start.t, atol=1e-6)
+    assert out.iterations == 0 and any("diverged" in n for n in out.notes)

@@ -1,0 +1,169 @@
+"""SMOPE detector: matcher optimality, model-order equivariance, loss terms, pose decoding, bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from ros2_pose6d.training.losses.matcher import HungarianMatcher, MatcherConfig
+from ros2_pose6d.training.losses.point_matching import symmetric_point_matching
+from ros2_pose6d.training.losses.smope_loss import SmopeCriterion, SmopeLossConfig
+
+from ros2_pose6d.estimation.detector import Detector
+from ros2_pose6d.estimation.model_set import build_model_set
+from ros2_pose6d.estimation.types import Frame, FrameError
+from ros2_pose6d.geometry.boxes import cxcywh_to_xyxy, generalized_box_iou
+from ros2_pose6d.geometry.rotations import egocentric_to_allocentric, matrix_to_rotation_6d, random_rotation
+from ros2_pose6d.nets.backbone import BackboneConfig, ResNet
+from ros2_pose6d.nets.deformable_transformer import TransformerConfig
+from ros2_pose6d.nets.point_encoder import PointEncoderConfig
+from ros2_pose6d.nets.smope import SmopeConfig, SmopeNet, decode_poses
+from ros2_pose6d.objects.registry import ObjectRegistry
+
+TINY = SmopeConfig(BackboneConfig(18, 8), TransformerConfig(d_model=32, n_heads=4, n_points=2, enc_layers=1, dec_layers=2,
+                                                           ffn_dim=64, dropout=0.0, num_queries=6),
+                   PointEncoderConfig(64, 32, 32), image_size=(64, 96))
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+
+
+@pytest.fixture(scope="module")
+def models(registry):
+    return build_model_set(registry, 64, 50)
+
+
+def test_resnet_depths_give_strided_maps():
+    for depth, c5 in ((18, 64), (34, 64), (50, 256)):
+        feats = ResNet(BackboneConfig(depth, 8))(torch.zeros(1, 3, 64, 96))
+        assert [f.shape[-2:] for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+        assert feats[-1].shape[1] == c5
+
+
+def test_matcher_is_optimal_on_a_hand_case():
+    # three queries, two targets; query 2 sits on target 0, query 0 on target 1, query 1 is far from both
+    boxes = torch.tensor([[[0.7, 0.7, 0.2, 0.2], [0.1, 0.9, 0.1, 0.1], [0.3, 0.3, 0.2, 0.2]]])
+    logits = torch.zeros(1, 3, 3)
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])}]
+    (q, t), = HungarianMatcher(MatcherConfig())(logits, boxes, targets)
+    assert dict(zip(q.tolist(), t.tolist())) == {0: 1, 2: 0}
+    # brute force over all assignments gives the same total cost
+    m = HungarianMatcher(MatcherConfig(cost_class=0.0))
+    (q2, t2), = m(logits, boxes, targets)
+    cost = lambda qi, ti: float(torch.cdist(boxes[0, [qi]], targets[0]["boxes"][[ti]], p=1) * 5  # noqa: E731
+                                - 2 * generalized_box_iou(cxcywh_to_xyxy(boxes[0, [qi]]),
+                                                          cxcywh_to_xyxy(targets[0]["boxes"][[ti]])))
+    best = min(sum(cost(a, b) for a, b in zip(perm, range(2))) for perm in itertools.permutations(range(3), 2))
+    assert sum(cost(a, b) for a, b in zip(q2.tolist(), t2.tolist())) == pytest.approx(best)
+
+
+def test_matcher_with_no_targets():
+    (q, t), = HungarianMatcher()(torch.zeros(1, 4, 3), torch.rand(1, 4, 4), [{"labels": torch.zeros(0, dtype=torch.long),
+                                                                              "boxes": torch.zeros(0, 4)}])
+    assert len(q) == len(t) == 0
+
+
+def test_permuting_the_models_permutes_the_classes(models):
+    torch.manual_seed(0)
+    net = SmopeNet(TINY).eval()
+    img = torch.randn(2, 3, 64, 96)
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    with torch.no_grad():
+        a = net(img, models.model_points)["logits"]
+        b = net(img, models.model_points[perm])["logits"]
+    torch.testing.assert_close(b[..., :-1], a[..., :-1][..., perm], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b[..., -1], a[..., -1], atol=1e-5, rtol=1e-5)
+
+
+def _targets(models, K):
+    R = random_rotation(2, torch.Generator().manual_seed(1))
+    t = torch.tensor([[0.02, -0.01, 0.6], [-0.05, 0.03, 0.8]])
+    return [{"labels": torch.tensor([2, 5]), "boxes": torch.tensor([[0.5, 0.45, 0.2, 0.3], [0.3, 0.6, 0.15, 0.2]]),
+             "R": R, "t": t, "visib": torch.tensor([1.0, 0.6])}]
+
+
+def test_every_loss_term_is_finite_and_positive(models):
+    torch.manual_seed(0)
+    net = SmopeNet(TINY)
+    K = torch.tensor([[[80.0, 0, 47.5], [0, 80.0, 31.5], [0, 0, 1]]])
+    out = net(torch.randn(1, 3, 64, 96), models.model_points)
+    crit = SmopeCriterion(SmopeLossConfig())
+    total, parts = crit(out, _targets(models, K), K, TINY.image_size, models.loss_points, models.symmetries,
+                        models.model_points[..., :3])
+    for k in ("class", "bbox", "giou", "rot", "centre", "depth", "visibility", "model"):
+        assert np.isfinite(parts[k]) and parts[k] > 0, k
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_pose_terms_vanish_for_a_perfect_prediction(models):
+    """Build outputs that say exactly the truth: rotation, centre and depth terms are 0, box terms 0."""
+    K = torch.tensor([[[80.0, 0, 47.5], [0, 80.0, 31.5], [0, 0, 1]]])
+    tg = _targets(models, K)[0]
+    Q, H, W = 4, 64, 96
+    boxes = torch.full((1, Q, 4), 0.1)
+    boxes[0, :2] = tg["boxes"]
+    logits = torch.full((1, Q, 8), -10.0)
+    logits[0, 0, 2] = logits[0, 1, 5] = 10.0
+    logits[0, 2:, 7] = 10.0
+    uvw = tg["t"] @ K[0].T
+    uv_n = torch.stack([(uvw[:, 0] / uvw[:, 2] + 0.5) / W, (uvw[:, 1] / uvw[:, 2] + 0.5) / H], -1)
+    centre = torch.zeros(1, Q, 2)
+    centre[0, :2] = (uv_n - tg["boxes"][:, :2]) / tg["boxes"][:, 2:]
+    rot6d = torch.zeros(1, Q, 6)
+    rot6d[0, :2] = matrix_to_rotation_6d(egocentric_to_allocentric(tg["R"], tg["t"]))
+    log_depth = torch.zeros(1, Q)
+    log_depth[0, :2] = torch.log(tg["t"][:, 2] * W / 80.0)
+    vis = torch.zeros(1, Q)
+    vis[0, :2] = tg["visib"]
+    out = {k: v[None] for k, v in dict(logits=logits, boxes=boxes, rot6d=rot6d, centre=centre, log_depth=log_depth,
+                                       visibility=vis).items()}
+    _, parts = SmopeCriterion(SmopeLossConfig())(out, [tg], K, (H, W), models.loss_points, models.symmetries)
+    for k in ("bbox", "giou", "rot", "centre", "depth", "visibility"):
+        assert parts[k] == pytest.approx(0.0, abs=1e-5), k
+    assert parts["class"] < 1e-6
+    R, t = decode_poses(boxes[:, :2], rot6d[:, :2], centre[:, :2], log_depth[:, :2], K, (H, W))
+    torch.testing.assert_close(t[0], tg["t"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(R[0], tg["R"], atol=1e-5, rtol=0)
+
+
+def test_point_matching_is_zero_under_a_symmetry(registry, models):
+    i = registry.index(6)  # the tray: 180 deg about z
+    R = random_rotation(1, torch.Generator().manual_seed(3))
+    S = models.symmetries[i, 1, :3, :3]
+    assert not torch.allclose(S, torch.eye(3))
+    loss = symmetric_point_matching(R @ S, R, models.loss_points[[i]], models.symmetries[[i]])
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    other = symmetric_point_matching(R @ S, R, models.loss_points[[0]], models.symmetries[[0]])  # the mug: none
+    assert float(other) > 0.05
+
+
+def test_detector_rejects_bad_input(registry, models):
+    det = Detector(SmopeNet(TINY), registry, model_set=models)
+    good = np.zeros((48, 64, 3), np.uint8)
+    K = np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])
+    assert isinstance(det.detect(Frame(good, K)), list)
+    with pytest.raises(FrameError, match="uint8"):
+        Frame(good.astype(np.float32), K)
+    with pytest.raises(FrameError, match="H, W, 3"):
+        Frame(good[..., 0], K)
+    with pytest.raises(FrameError, match="finite"):
+        Frame(good, np.full((3, 3), np.nan))
+    with pytest.raises(FrameError, match="focal"):
+        Frame(good, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="N_m >= 1"):
+        SmopeNet(TINY).encode_models(torch.zeros(0, 64, 10))
+
+
+def test_detector_rejects_nan_network_output(registry, models):
+    net = SmopeNet(TINY)
+    with torch.no_grad():
+        net.pose_head.layers[-1].bias[8] = float("nan")
+    det = Detector(net, registry, model_set=models, score_threshold=0.0)
+    with pytest.raises(FrameError, match="non-finite"):
+        det.detect(Frame(np.zeros((48, 64, 3), np.uint8), np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])))
