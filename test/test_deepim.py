@@ -61,7 +61,8 @@ def test_zoom_in_centres_the_object_and_scales_with_distance(registry, renderer,
 def test_flow_moves_rendered_pixels_to_the_target_projection(registry, renderer):
     R = rotation_about_axis(torch.tensor([[0.2, 1.0, 0]]), torch.tensor([0.3]))
     t = torch.tensor([[0.0, 0.0, 0.6]])
-    R2, t2 = rotation_about_axis(torch.tensor([[0, 0, 1.0]]), torch.tensor([0.1])) @ R, t + torch.tensor([[0.01, 0, 0.02]])
+    R2 = rotation_about_axis(torch.tensor([[0, 0, 1.0]]), torch.tensor([0.1])) @ R
+    t2 = t + torch.tensor([[0.01, 0, 0.02]])
     s = RasterSettings(120, 160)
     Kc = torch.tensor([[[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]]])
     src = renderer.render(torch.tensor([0]), R, t, Kc, s, shade=False)

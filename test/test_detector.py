@@ -23,8 +23,9 @@ from ros2_pose6d.nets.point_encoder import PointEncoderConfig
 from ros2_pose6d.nets.smope import SmopeConfig, SmopeNet, decode_poses
 from ros2_pose6d.objects.registry import ObjectRegistry
 
-TINY = SmopeConfig(BackboneConfig(18, 8), TransformerConfig(d_model=32, n_heads=4, n_points=2, enc_layers=1, dec_layers=2,
-                                                           ffn_dim=64, dropout=0.0, num_queries=6),
+TINY = SmopeConfig(BackboneConfig(18, 8),
+                   TransformerConfig(d_model=32, n_heads=4, n_points=2, enc_layers=1, dec_layers=2, ffn_dim=64,
+                                     dropout=0.0, num_queries=6),
                    PointEncoderConfig(64, 32, 32), image_size=(64, 96))
 
 
@@ -63,8 +64,8 @@ def test_matcher_is_optimal_on_a_hand_case():
 
 
 def test_matcher_with_no_targets():
-    (q, t), = HungarianMatcher()(torch.zeros(1, 4, 3), torch.rand(1, 4, 4), [{"labels": torch.zeros(0, dtype=torch.long),
-                                                                              "boxes": torch.zeros(0, 4)}])
+    empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+    (q, t), = HungarianMatcher()(torch.zeros(1, 4, 3), torch.rand(1, 4, 4), empty)
     assert len(q) == len(t) == 0
 
 
