@@ -154,14 +154,23 @@ class Trainer:
         return True
 
     # ---- loop ----
-    def train(self) -> list[float]:
-        """Returns the loss of every step run (this process)."""
+    def train(self, stop_at: int | None = None) -> list[float]:
+        """Run to cfg.optim.steps (or stop after step ``stop_at``, as an interruption would, keeping the
+        schedule of the full run). Returns the loss of every step run here. Ctrl-C saves a checkpoint."""
+        try:
+            return self._train(stop_at)
+        except KeyboardInterrupt:
+            self.save()
+            raise
+
+    def _train(self, stop_at: int | None) -> list[float]:
         o = self.cfg.optim
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out / "config.yaml").write_text(yaml.safe_dump(_plain(self.cfg), sort_keys=False))
         dataset, collate = self.task.train_dataset()
-        sampler = StepBatchSampler(len(dataset), o.batch_size, o.seed, self.step, o.steps, self.rank, self.world)
+        end = o.steps if stop_at is None else min(stop_at, o.steps)
+        sampler = StepBatchSampler(len(dataset), o.batch_size, o.seed, self.step, end, self.rank, self.world)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=o.num_workers)
         writer = None
         if self.rank == 0:
@@ -202,7 +211,7 @@ class Trainer:
         bar.close()
         if writer is not None:
             writer.close()
-        self.save(final=True)
+        self.save(final=self.step >= o.steps)
         return losses
 
 

@@ -25,12 +25,13 @@ class NeuralMeshes:
     """Simplified meshes of the object set on one renderer; vertex v of object i has the global id
     ``vert_offsets[i] + v`` (its row in the feature bank)."""
 
-    def __init__(self, registry: ObjectRegistry, target_vertices: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, registry: ObjectRegistry, target_vertices: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
         self.meshes = [simplify_mesh(o.mesh, target_vertices) for o in registry]
-        self.renderer = MeshRenderer(self.meshes, device)
+        self.renderer = MeshRenderer(self.meshes, device, dtype)
         self.device = torch.device(device)
         self.num_vertices = int(self.renderer.num_verts.sum())
-        self.diameters = torch.tensor([o.diameter for o in registry], device=self.device)
+        self.diameters = torch.tensor([o.diameter for o in registry], device=self.device, dtype=dtype)
 
     def neighbour_mask(self, exclusion: float) -> list[Tensor]:
         """Per object (V_i, V_i) bool: vertex pairs closer than ``exclusion`` x diameter (not negatives)."""

@@ -67,10 +67,12 @@ class NeuralMeshBank(nn.Module):
         self.register_buffer("vertex_features", F.normalize(torch.randn(num_vertices, feature_dim, generator=g), dim=1))
         self.register_buffer("clutter", F.normalize(torch.randn(clutter_size, feature_dim, generator=g), dim=1))
         self.register_buffer("clutter_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("vertex_seen", torch.zeros(num_vertices, dtype=torch.bool))
 
     @torch.no_grad()
     def update_vertices(self, index: Tensor, features: Tensor, momentum: float) -> None:
-        """Momentum update with the mean observed feature of each vertex in ``index`` (M,), features (M, C)."""
+        """Momentum update with the mean observed feature of each vertex in ``index`` (M,), features (M, C).
+        A vertex seen for the first time takes the observed feature outright (its random start means nothing)."""
         if len(index) == 0:
             return
         V, C = self.vertex_features.shape
@@ -79,7 +81,9 @@ class NeuralMeshBank(nn.Module):
             0, index, torch.ones_like(index, dtype=features.dtype))
         seen = counts > 0
         mean = sums[seen] / counts[seen, None]
-        self.vertex_features[seen] = F.normalize(momentum * self.vertex_features[seen] + (1 - momentum) * mean, dim=1)
+        m = torch.where(self.vertex_seen[seen], momentum, 0.0)[:, None].to(mean.dtype)
+        self.vertex_features[seen] = F.normalize(m * self.vertex_features[seen] + (1 - m) * mean, dim=1)
+        self.vertex_seen |= seen
 
     @torch.no_grad()
     def enqueue_clutter(self, features: Tensor) -> None:

@@ -1,0 +1,152 @@
+"""NeMo: differentiable render-and-compare loss, pose optimisation, occlusion reasoning, banks, bad input.
+
+The optimisation and occlusion tests use ideal image features (the neural mesh's own features rendered
+at the true pose, clutter features elsewhere): they check the inference machinery independently of how
+well a feature net is trained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO
+
+from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, render_compare, visible_vertices
+from ros2_pose6d.estimation.nemo_refiner import NemoRefiner, paste_crop_mask
+from ros2_pose6d.estimation.types import Frame, PoseEstimate
+from ros2_pose6d.geometry.rotations import axis_angle_to_matrix, geodesic_angle, rotation_about_axis
+from ros2_pose6d.nets.backbone import BackboneConfig
+from ros2_pose6d.nets.nemo import NemoConfig, NemoModel, NeuralMeshBank
+from ros2_pose6d.objects.registry import ObjectRegistry
+from ros2_pose6d.render.rasterize import RasterSettings
+
+Kf = torch.tensor([[[90.0, 0, 31.5], [0, 90.0, 31.5], [0, 0, 1]]])
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+
+
+@pytest.fixture(scope="module")
+def meshes(registry):
+    return NeuralMeshes(registry, 300)
+
+
+def _bank(n: int, C: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, C, generator=g), dim=1), F.normalize(torch.randn(64, C, generator=g), dim=1)
+
+
+def _ideal_features(meshes, vf, clutter, idx, R, t, hw=(64, 64)):
+    """Image features: the vertex features rendered at the true pose, clutter features elsewhere."""
+    r = meshes.renderer.render(idx, R, t, Kf, RasterSettings(*hw), shade=False, vertex_features=vf)
+    bg = clutter[torch.arange(hw[0] * hw[1]) % len(clutter)].reshape(1, *hw, -1)
+    return torch.where(r.mask[..., None], F.normalize(r.features, dim=-1), bg), r.mask
+
+
+def test_loss_gradient_matches_finite_differences(registry):
+    meshes = NeuralMeshes(registry, 300, dtype=torch.float64)
+    vf, clutter = _bank(meshes.num_vertices)
+    vf, clutter = vf.double(), clutter.double()
+    idx = torch.tensor([2])
+    R0 = rotation_about_axis(torch.tensor([[1.0, 0.5, 0]], dtype=torch.float64), torch.tensor([0.6], dtype=torch.float64))
+    t0 = torch.tensor([[0.0, 0.0, 0.7]], dtype=torch.float64)
+    feats, _ = _ideal_features(meshes, vf, clutter, idx, R0, t0 + torch.tensor([[0.01, 0, 0]], dtype=torch.float64))
+    clog = clutter_score(feats, clutter, 0.1)
+    Kd = Kf.double()
+
+    def loss_at(params):
+        R = axis_angle_to_matrix(params[:, :3]) @ R0
+        return render_compare(meshes, vf, feats, clog, idx, R, t0 + params[:, 3:], Kd, 0.1)[0].sum()
+    p = torch.tensor([[0.02, -0.01, 0.03, 0.004, -0.003, 0.01]], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_at(p), p)
+    eps = 1e-6
+    fd = torch.zeros(6, dtype=torch.float64)
+    for k in range(6):
+        d = torch.zeros_like(p)
+        d[0, k] = eps
+        fd[k] = (loss_at(p.detach() + d) - loss_at(p.detach() - d)) / (2 * eps)
+    assert grad.abs().max() > 1e-3  # the loss does depend on the pose
+    torch.testing.assert_close(grad[0], fd, atol=1e-5 * float(fd.abs().max()) + 1e-8, rtol=1e-4)
+
+
+def _refiner(registry, meshes, vf, clutter, steps=80):
+    cfg = NemoConfig(backbone=BackboneConfig(18, 8), feature_dim=vf.shape[1], input_size=(64, 64), mesh_vertices=300,
+                     clutter_size=len(clutter), temperature=0.1, steps=steps, lr_rotation=0.03, lr_translation=0.003)
+    model = NemoModel(cfg, meshes.num_vertices)
+    model.bank.vertex_features.copy_(vf)
+    model.bank.clutter.copy_(clutter)
+    return NemoRefiner(model, registry, meshes=meshes)
+
+
+def test_optimisation_from_a_perturbed_pose_reduces_the_error(registry, meshes):
+    vf, clutter = _bank(meshes.num_vertices)
+    ref = _refiner(registry, meshes, vf, clutter)
+    idx = torch.tensor([1])
+    R_gt = rotation_about_axis(torch.tensor([[0.3, 1.0, 0.2]]), torch.tensor([0.8]))
+    t_gt = torch.tensor([[0.01, -0.01, 0.75]])
+    feats, _ = _ideal_features(meshes, vf, clutter, idx, R_gt, t_gt)
+    R0 = rotation_about_axis(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([float(np.deg2rad(20.0))])) @ R_gt
+    t0 = t_gt + torch.tensor([[0.02, -0.015, 0.015]])  # 2.9 cm
+    R, t, loss, occluded, mask = ref.optimise(feats, Kf, idx, R0, t0, steps=80, hypotheses=1)
+    err_r0, err_r = float(geodesic_angle(R0, R_gt)), float(geodesic_angle(R, R_gt))
+    err_t0, err_t = float((t0 - t_gt).norm()), float((t - t_gt).norm())
+    assert err_r < 0.5 * err_r0 and err_t < 0.5 * err_t0, (np.rad2deg([err_r0, err_r]), err_t0, err_t)
+
+
+def test_occlusion_map_marks_the_occluder_and_visibility_follows(registry, meshes):
+    vf, clutter = _bank(meshes.num_vertices)
+    ref = _refiner(registry, meshes, vf, clutter)
+    idx = torch.tensor([4])
+    R_gt = rotation_about_axis(torch.tensor([[1.0, 0.2, 0.0]]), torch.tensor([0.5]))
+    t_gt = torch.tensor([[0.0, 0.0, 0.7]])
+    feats, mask = _ideal_features(meshes, vf, clutter, idx, R_gt, t_gt)
+    occluder = torch.zeros_like(mask)
+    occluder[:, :, 32:] = True  # a box covering the right half of the image hides part of the object
+    feats = torch.where(occluder[..., None], clutter[3].expand_as(feats), feats)
+    truth = mask & occluder
+    _, _, _, occluded, rmask = ref.optimise(feats, Kf, idx, R_gt, t_gt, steps=0, hypotheses=1)
+    iou = float((occluded & truth).sum() / (occluded | truth).sum())
+    assert iou >= 0.5
+    visibility = 1 - float(occluded.sum() / rmask.sum())
+    true_vis = 1 - float(truth.sum() / mask.sum())
+    assert abs(visibility - true_vis) <= 0.15
+
+
+def test_visible_vertices_are_the_front_ones(registry, meshes):
+    R = torch.eye(3)[None]
+    t = torch.tensor([[0.0, 0.0, 0.7]])
+    vis = visible_vertices(meshes, torch.tensor([6]), R, t, Kf, (64, 64))  # the can, seen along its axis
+    v = meshes.meshes[6].vertices[(vis.vertex - int(meshes.renderer.vert_offsets[6])).numpy()]
+    assert len(v) > 10 and np.all(v[:, 2] < v[:, 2].min() + 0.5 * np.ptp(meshes.meshes[6].vertices[:, 2]))
+
+
+def test_banks_update_by_momentum_and_queue():
+    bank = NeuralMeshBank(5, 4, 3)
+    f = F.normalize(torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]), dim=1)
+    before = bank.vertex_features[2].clone()
+    bank.update_vertices(torch.tensor([2, 2]), f, momentum=0.5)
+    torch.testing.assert_close(bank.vertex_features[2], F.normalize(0.5 * before + 0.5 * f[0], dim=0))
+    bank.enqueue_clutter(torch.eye(4)[:2])
+    bank.enqueue_clutter(torch.eye(4)[2:4])
+    torch.testing.assert_close(bank.clutter, torch.eye(4)[[3, 1, 2]])  # FIFO wrapped around
+    assert int(bank.clutter_ptr) == 1
+
+
+def test_paste_crop_mask_puts_the_crop_back():
+    crop = np.zeros((4, 4), bool)
+    crop[:2, :2] = True
+    out = paste_crop_mask(crop, np.array([1.5, 1.5, 9.5, 9.5]), (12, 12))
+    assert out[2:6, 2:6].all() and out.sum() == 16
+
+
+def test_refine_returns_unrefinable_estimates_with_a_reason(registry, meshes):
+    vf, clutter = _bank(meshes.num_vertices)
+    ref = _refiner(registry, meshes, vf, clutter, steps=3)
+    frame = Frame(np.zeros((120, 160, 3), np.uint8), np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]]))
+    out = ref.refine(frame, [PoseEstimate(1, np.eye(3), np.array([0, 0, -1.0])),
+                             PoseEstimate(2, np.eye(3), np.array([0.0, 0.0, 0.7]))])
+    assert out[0].stage == "detected" and "behind" in out[0].notes[0]
+    assert out[1].stage == "refined" and out[1].occlusion.shape == (120, 160) and 0 <= out[1].visibility <= 1
