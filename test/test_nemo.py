@@ -51,7 +51,8 @@ def test_loss_gradient_matches_finite_differences(registry):
     vf, clutter = _bank(meshes.num_vertices)
     vf, clutter = vf.double(), clutter.double()
     idx = torch.tensor([2])
-    R0 = rotation_about_axis(torch.tensor([[1.0, 0.5, 0]], dtype=torch.float64), torch.tensor([0.6], dtype=torch.float64))
+    f64 = torch.float64
+    R0 = rotation_about_axis(torch.tensor([[1.0, 0.5, 0]], dtype=f64), torch.tensor([0.6], dtype=f64))
     t0 = torch.tensor([[0.0, 0.0, 0.7]], dtype=torch.float64)
     feats, _ = _ideal_features(meshes, vf, clutter, idx, R0, t0 + torch.tensor([[0.01, 0, 0]], dtype=torch.float64))
     clog = clutter_score(feats, clutter, 0.1)
@@ -90,7 +91,7 @@ def test_optimisation_from_a_perturbed_pose_reduces_the_error(registry, meshes):
     feats, _ = _ideal_features(meshes, vf, clutter, idx, R_gt, t_gt)
     R0 = rotation_about_axis(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([float(np.deg2rad(20.0))])) @ R_gt
     t0 = t_gt + torch.tensor([[0.02, -0.015, 0.015]])  # 2.9 cm
-    R, t, loss, occluded, mask = ref.optimise(feats, Kf, idx, R0, t0, steps=80, hypotheses=1)
+    R, t, _loss, _occluded, _mask = ref.optimise(feats, Kf, idx, R0, t0, steps=80, hypotheses=1)
     err_r0, err_r = float(geodesic_angle(R0, R_gt)), float(geodesic_angle(R, R_gt))
     err_t0, err_t = float((t0 - t_gt).norm()), float((t - t_gt).norm())
     assert err_r < 0.5 * err_r0 and err_t < 0.5 * err_t0, (np.rad2deg([err_r0, err_r]), err_t0, err_t)
