@@ -135,6 +135,7 @@ setup(
             "pose6d-make-demo-objects = ros2_pose6d.cli.make_demo_objects:main",
             "pose6d-generate = ros2_pose6d.training.cli_generate:entry",
             "pose6d-train = ros2_pose6d.training.cli_train:entry",
+            "pose6d-evaluate = ros2_pose6d.training.cli_evaluate:entry",
         ],
     },
 )

@@ -127,9 +127,13 @@ def test_visible_vertices_are_the_front_ones(registry, meshes):
 def test_banks_update_by_momentum_and_queue():
     bank = NeuralMeshBank(5, 4, 3)
     f = F.normalize(torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]), dim=1)
-    before = bank.vertex_features[2].clone()
-    bank.update_vertices(torch.tensor([2, 2]), f, momentum=0.5)
-    torch.testing.assert_close(bank.vertex_features[2], F.normalize(0.5 * before + 0.5 * f[0], dim=0))
+    bank.update_vertices(torch.tensor([2, 2]), f, momentum=0.5)  # first sight: takes the feature outright
+    torch.testing.assert_close(bank.vertex_features[2], f[0])
+    g = F.normalize(torch.tensor([[0.0, 1.0, 0, 0]]), dim=1)
+    untouched = bank.vertex_features[3].clone()
+    bank.update_vertices(torch.tensor([2]), g, momentum=0.5)  # then momentum
+    torch.testing.assert_close(bank.vertex_features[2], F.normalize(0.5 * f[0] + 0.5 * g[0], dim=0))
+    torch.testing.assert_close(bank.vertex_features[3], untouched)
     bank.enqueue_clutter(torch.eye(4)[:2])
     bank.enqueue_clutter(torch.eye(4)[2:4])
     torch.testing.assert_close(bank.clutter, torch.eye(4)[[3, 1, 2]])  # FIFO wrapped around

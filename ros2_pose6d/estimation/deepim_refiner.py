@@ -18,7 +18,7 @@ from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import zoom_in
 from ros2_pose6d.geometry.deepim_update import apply_update
 from ros2_pose6d.nets.backbone import normalise_images
-from ros2_pose6d.nets.checkpoint import load_weights, read_metadata
+from ros2_pose6d.nets.checkpoint import load_weights, read_model_config
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.render.renderer import MeshRenderer
@@ -57,8 +57,7 @@ class DeepimRefiner:
     @classmethod
     def from_weights(cls, path: str | Path, registry: ObjectRegistry,
                      device: str | torch.device = "cpu") -> DeepimRefiner:
-        _, config, _ = read_metadata(path)
-        net = DeepimNet(build_config(DeepimConfig, config.get("model", config)))
+        net = DeepimNet(build_config(DeepimConfig, read_model_config(path, ARCH), prefix="model"))
         load_weights(path, net, ARCH)
         return cls(net, registry, device)
 

@@ -64,9 +64,8 @@ class Detector:
     @classmethod
     def from_weights(cls, path: str | Path, registry: ObjectRegistry, device: str | torch.device = "cpu",
                      **kwargs) -> Detector:
-        from ros2_pose6d.nets.checkpoint import read_metadata
-        _, config, _ = read_metadata(path)
-        net = SmopeNet(build_config(SmopeConfig, config.get("model", config)))
+        from ros2_pose6d.nets.checkpoint import read_model_config
+        net = SmopeNet(build_config(SmopeConfig, read_model_config(path, ARCH), prefix="model"))
         load_weights(path, net, ARCH)
         return cls(net, registry, device, **kwargs)
 

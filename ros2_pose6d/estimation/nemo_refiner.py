@@ -21,7 +21,7 @@ from ros2_pose6d.estimation.zoom import projected_boxes
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics, project, zoom_in_boxes
 from ros2_pose6d.geometry.rotations import axis_angle_to_matrix
 from ros2_pose6d.nets.backbone import normalise_images
-from ros2_pose6d.nets.checkpoint import load_weights, read_metadata
+from ros2_pose6d.nets.checkpoint import load_weights, read_model_config
 from ros2_pose6d.nets.nemo import NemoConfig, NemoModel
 from ros2_pose6d.objects.registry import ObjectRegistry
 
@@ -65,8 +65,7 @@ class NemoRefiner:
     @classmethod
     def from_weights(cls, path: str | Path, registry: ObjectRegistry,
                      device: str | torch.device = "cpu") -> NemoRefiner:
-        _, config, _ = read_metadata(path)
-        cfg = build_config(NemoConfig, config.get("model", config))
+        cfg = build_config(NemoConfig, read_model_config(path, ARCH), prefix="model")
         meshes = NeuralMeshes(registry, cfg.mesh_vertices, device)
         model = NemoModel(cfg, meshes.num_vertices)
         load_weights(path, model, ARCH)

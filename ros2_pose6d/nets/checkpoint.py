@@ -73,3 +73,11 @@ def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, 
         raise CheckpointError(f"{path}: weights do not fit this {arch} configuration ({'; '.join(details)})")
     module.load_state_dict(state)
     return config, meta, extra
+
+
+def read_model_config(path: str | Path, arch: str) -> dict:
+    """The network config stored in a weights file, after checking it holds ``arch`` weights."""
+    found, config, _ = read_metadata(path)
+    if found != arch:
+        raise CheckpointError(f"{path}: holds '{found}' weights, expected '{arch}'")
+    return config.get("model", config)
