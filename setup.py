@@ -136,6 +136,8 @@ setup(
             "pose6d-generate = ros2_pose6d.training.cli_generate:entry",
             "pose6d-train = ros2_pose6d.training.cli_train:entry",
             "pose6d-evaluate = ros2_pose6d.training.cli_evaluate:entry",
+            "pose6d-replay = ros2_pose6d.cli.replay:main",
+            "pose6d-bop2bag = ros2_pose6d.cli.bop2bag:main",
         ],
     },
 )

@@ -106,7 +106,7 @@ class DeepimRefiner:
         has_box = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         img = frame_tensor(frame, self.device)
         n = len(usable)
-        K = torch.as_tensor(frame.K, dtype=torch.float32, device=self.device).expand(n, 3, 3)
+        K = torch.tensor(np.asarray(frame.K), dtype=torch.float32, device=self.device).expand(n, 3, 3)
         from ros2_pose6d.estimation.zoom import projected_boxes
         own = projected_boxes(self.points[idx], R, t, K)
         est = torch.where(has_box[:, None], boxes, own)

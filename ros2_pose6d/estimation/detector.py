@@ -33,7 +33,7 @@ def frames_to_batch(frames: list[Frame], image_size: tuple[int, int], device: to
         if (h, w) != (H, W):
             img = F.interpolate(img, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
         imgs.append(img[0])
-        K = torch.as_tensor(np.asarray(f.K, np.float64), dtype=torch.float32, device=device)
+        K = torch.tensor(np.asarray(f.K, np.float64), dtype=torch.float32, device=device)
         full = torch.tensor([-0.5, -0.5, w - 0.5, h - 0.5], device=device)
         Ks.append(crop_resize_intrinsics(K, full, (H, W)))
     return torch.stack(imgs), torch.stack(Ks)

@@ -154,7 +154,7 @@ class NemoRefiner:
         t = torch.as_tensor(np.stack([estimates[i].t for i in usable]), dtype=torch.float32, device=dev)
         boxes = torch.as_tensor(np.stack([estimates[i].bbox_xyxy for i in usable]), dtype=torch.float32, device=dev)
         n = len(usable)
-        K = torch.as_tensor(frame.K, dtype=torch.float32, device=dev).expand(n, 3, 3).contiguous()
+        K = torch.tensor(np.asarray(frame.K), dtype=torch.float32, device=dev).expand(n, 3, 3).contiguous()
         has_box = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         img = frame_tensor(frame, dev).expand(n, -1, -1, -1)
         est = torch.where(has_box[:, None], boxes, torch.full_like(boxes, float("nan")))  # NaN: no estimate

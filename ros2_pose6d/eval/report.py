@@ -49,14 +49,15 @@ class Report:
         out = self.targets.setdefault(stage, [])
         used: set[int] = set()
         for g in gts:
-            if g.obj_id not in registry.ids:
+            gid = g.obj_id if hasattr(g, "obj_id") else g.object_id  # BOP GtInstance or PoseEstimate
+            if gid not in registry.ids:
                 continue
-            obj = registry[g.obj_id]
+            obj = registry[gid]
             pts = obj.mesh.vertices[::points_step].astype(np.float64)
-            res = TargetResult(g.obj_id, obj.diameter)
+            res = TargetResult(gid, obj.diameter)
             best, best_i = math.inf, -1
             for i, e in enumerate(estimates):
-                if i in used or e.object_id != g.obj_id:
+                if i in used or e.object_id != gid:
                     continue
                 err = add_or_adds(e.R, e.t, g.R, g.t, pts, obj.info.is_symmetric)
                 if err < best:
