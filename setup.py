@@ -137,6 +137,8 @@ setup(
             "pose6d-train = ros2_pose6d.training.cli_train:entry",
             "pose6d-evaluate = ros2_pose6d.training.cli_evaluate:entry",
             "pose6d-replay = ros2_pose6d.cli.replay:main",
+            "detector_node = ros2_pose6d.nodes.detector_node:main",
+            "refiner_node = ros2_pose6d.nodes.refiner_node:main",
             "pose6d-bop2bag = ros2_pose6d.cli.bop2bag:main",
         ],
     },

@@ -1,0 +1,69 @@
+"""rclpy helpers shared by both nodes: parameters from our specs, frame conversion with logged skips,
+diagnostics. Everything that is not an rclpy call lives in ros2_pose6d.runtime and is tested there."""
+
+from __future__ import annotations
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+
+from ros2_pose6d.estimation.types import Frame, FrameError
+from ros2_pose6d.io.ros_convert import ConversionError, camera_info_to_K, image_to_rgb, stamp_to_seconds
+from ros2_pose6d.runtime.diagnostics import NodeStats
+from ros2_pose6d.runtime.params import ParamSpec, validate
+
+
+def declare_params(node: Node, specs: tuple[ParamSpec, ...]) -> dict:
+    """Declare every spec with its type, default, description and range; refuse invalid values at start
+    (ValueError, logged by the caller) and on later changes (SetParametersResult with the reason)."""
+    for s in specs:
+        desc = ParameterDescriptor(description=s.description, read_only=s.read_only)
+        if s.range is not None and s.type is float:
+            desc.floating_point_range = [FloatingPointRange(from_value=float(s.range[0]), to_value=float(s.range[1]),
+                                                            step=0.0)]
+        elif s.range is not None and s.type is int:
+            desc.integer_range = [IntegerRange(from_value=int(s.range[0]), to_value=int(s.range[1]), step=1)]
+        if s.choices:
+            desc.additional_constraints = f"one of: {', '.join(s.choices)}"
+        node.declare_parameter(s.name, s.default, desc)
+    values = {s.name: node.get_parameter(s.name).value for s in specs}
+    problems = validate(specs, values)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+    def on_set(params) -> SetParametersResult:
+        reasons = validate(specs, {p.name: p.value for p in params})
+        if reasons:
+            node.get_logger().warning(f"rejected parameter change: {'; '.join(reasons)}")
+            return SetParametersResult(successful=False, reason="; ".join(reasons))
+        return SetParametersResult(successful=True)
+    node.add_on_set_parameters_callback(on_set)
+    return values
+
+
+def frame_from_msgs(image, info) -> Frame:
+    """sensor_msgs Image + CameraInfo -> Frame; ConversionError/FrameError say why not."""
+    rgb = image_to_rgb(image)
+    K, hw = camera_info_to_K(info)
+    if hw != rgb.shape[:2] and hw != (0, 0):
+        raise FrameError(f"image {rgb.shape[1]}x{rgb.shape[0]} does not match camera_info {hw[1]}x{hw[0]}")
+    return Frame(rgb, K, stamp_to_seconds(image.header.stamp), image.header.frame_id)
+
+
+def skip(node: Node, stats: NodeStats, exc: Exception) -> None:
+    """Log a throttled warning, count the skipped frame, carry on."""
+    reason = str(exc)
+    stats.skip(reason)
+    node.get_logger().warning(f"skipping frame: {reason}", throttle_duration_sec=5.0)
+
+
+def publish_diagnostics(node: Node, pub, stats: NodeStats, name: str) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    status = DiagnosticStatus(level=bytes([stats.level()]), name=f"{node.get_name()}: {name}",
+                              message="frames skipped" if stats.level() else "OK", hardware_id="",
+                              values=[KeyValue(key=k, value=v) for k, v in stats.values().items()])
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = node.get_clock().now().to_msg()
+    pub.publish(msg)
+
+
+CONVERSION_ERRORS = (ConversionError, FrameError)

@@ -1,0 +1,86 @@
+"""Node parameters: one spec each (type, default, description, range or choices, read-only), validated
+here so an invalid value is refused with a clear reason before it reaches the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None  # inclusive numeric range
+    choices: tuple[str, ...] | None = None
+    read_only: bool = False
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def check(self, value: Any) -> str:
+        """'' when ``value`` is acceptable, else why not."""
+        t = self.type
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, t) or (t is int and isinstance(value, bool)):
+            return f"{self.name} must be a {t.__name__}, got {type(value).__name__} {value!r}"
+        if self.range is not None and not (self.range[0] <= value <= self.range[1]):
+            return f"{self.name} must lie in [{self.range[0]}, {self.range[1]}], got {value}"
+        if self.choices is not None and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got '{value}'"
+        if self.name == "device" and not valid_device(value):
+            return f"device must be auto, cpu or cuda[:N], got '{value}'"
+        return ""
+
+
+def valid_device(value: str) -> bool:
+    if value in ("auto", "cpu", "cuda"):
+        return True
+    return value.startswith("cuda:") and value[5:].isdigit()
+
+
+COMMON = (
+    ParamSpec("objects", "", "objects.yaml of the object set (empty: the shipped demo objects)", read_only=True),
+    ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N (auto: the first GPU if torch sees one)", read_only=True),
+    ParamSpec("sync_slop", 0.02, "max stamp difference [s] to pair image and camera_info", (0.0, 1.0)),
+    ParamSpec("queue_size", 10, "message_filters synchroniser queue", (1, 1000)),
+    ParamSpec("diagnostics_period", 1.0, "seconds between diagnostics messages", (0.1, 60.0)),
+)
+
+DETECTOR = COMMON + (
+    ParamSpec("detector_weights", "", "SMOPE weights (.safetensors; empty: shipped demo weights)", read_only=True),
+    ParamSpec("score_threshold", 0.5, "keep detections with at least this class probability", (0.0, 1.0)),
+    ParamSpec("max_detections", 50, "per frame, best first", (1, 1000)),
+)
+
+REFINER = COMMON + (
+    ParamSpec("method", "deepim", "refinement method", choices=("deepim", "nemo", "none")),
+    ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
+    ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
+    ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default)", (0, 1000)),
+    ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000)),
+    ParamSpec("publish_tf", True, "broadcast a TF frame per object instance"),
+    ParamSpec("tf_prefix", "pose6d/", "prefix of the per-instance TF frame names"),
+    ParamSpec("tracking", False, "reuse the last refined poses as initialisation between detections"),
+    ParamSpec("redetect_every", 10, "tracking: take a fresh detection every K frames", (1, 10000)),
+    ParamSpec("redetect_fit_error", 0.25, "tracking: re-detect when a fit error passes this (DeepIM scale)",
+              (0.0, 1e6)),
+)
+
+
+def validate(specs: tuple[ParamSpec, ...], values: dict[str, Any]) -> list[str]:
+    """Reasons for every invalid or unknown value in ``values`` (empty: all fine)."""
+    by_name = {s.name: s for s in specs}
+    out = []
+    for name, value in values.items():
+        spec = by_name.get(name)
+        if spec is None:
+            out.append(f"unknown parameter '{name}'")
+            continue
+        reason = spec.check(value)
+        if reason:
+            out.append(reason)
+    return out
