@@ -127,6 +127,7 @@ def test_train_cli_errors_are_one_line(tmp_path):
     r = _cli("ros2_pose6d.training.cli_train", str(CONFIGS / "deepim_tiny.yaml"), "--set", f"data.train={empty}",
              "--set", f"out_dir={tmp_path / 'out'}")
     assert r.returncode == 2 and "no instance" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing left behind
 
 
 def test_generate_cli_missing_mesh_is_one_line_and_leaves_nothing(tmp_path):

@@ -165,10 +165,10 @@ class Trainer:
 
     def _train(self, stop_at: int | None) -> list[float]:
         o = self.cfg.optim
+        dataset, collate = self.task.train_dataset()  # first: a bad dataset leaves no output folder behind
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             (self.out / "config.yaml").write_text(yaml.safe_dump(_plain(self.cfg), sort_keys=False))
-        dataset, collate = self.task.train_dataset()
         end = o.steps if stop_at is None else min(stop_at, o.steps)
         sampler = StepBatchSampler(len(dataset), o.batch_size, o.seed, self.step, end, self.rank, self.world)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=o.num_workers)
