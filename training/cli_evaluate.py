@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.training.tasks.deepim_task import perturb_poses
 
-    from ros2_pose6d.estimation.pipeline import Pipeline, PipelineConfig
+    from ros2_pose6d.estimation.pipeline import Pipeline, PipelineConfig, build_refiner
     from ros2_pose6d.estimation.types import Frame, PoseEstimate
     from ros2_pose6d.eval.bop_csv import BopResult, write_bop_csv
     from ros2_pose6d.eval.report import Report
@@ -54,14 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
     else:  # refiner alone
-        refiner = None
-        if args.refiner == "deepim":
-            from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
-            refiner = DeepimRefiner.from_weights(args.deepim, registry, args.device)
-        elif args.refiner == "nemo":
-            from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
-            refiner = NemoRefiner.from_weights(args.nemo, registry, args.device)
-        pipe = Pipeline(registry, None, refiner)
+        weights = args.deepim if args.refiner == "deepim" else args.nemo
+        pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device))
         pipe.iterations = args.iterations
     scenes = read_bop_split(args.split, load_depth=False)
     frames = [(s, i) for s in scenes for i in s.im_ids][: args.max_frames]

@@ -28,6 +28,17 @@ class PipelineConfig:
     refine_iterations: int | None = None  # DeepIM iterations / NeMo steps; None = the weights' default
 
 
+def build_refiner(method: RefinerName, weights: str | Path, registry: ObjectRegistry, device: str):
+    """The refiner named by ``method`` loaded from ``weights``, or None for 'none'."""
+    if method == "deepim":
+        from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
+        return DeepimRefiner.from_weights(weights, registry, device)
+    if method == "nemo":
+        from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
+        return NemoRefiner.from_weights(weights, registry, device)
+    return None
+
+
 @dataclass
 class PipelineResult:
     detections: list[PoseEstimate]
@@ -50,14 +61,8 @@ class Pipeline:
                 raise FileNotFoundError(f"pipeline: {name} file not found: {path}")
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
                                          score_threshold=cfg.score_threshold)
-        refiner = None
-        if cfg.refiner == "deepim":
-            from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
-            refiner = DeepimRefiner.from_weights(cfg.deepim_weights, registry, cfg.device)
-        elif cfg.refiner == "nemo":
-            from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
-            refiner = NemoRefiner.from_weights(cfg.nemo_weights, registry, cfg.device)
-        pipe = cls(registry, detector, refiner)
+        weights = cfg.deepim_weights if cfg.refiner == "deepim" else cfg.nemo_weights
+        pipe = cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device))
         pipe.iterations = cfg.refine_iterations
         return pipe
 

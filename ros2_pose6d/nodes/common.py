@@ -67,3 +67,24 @@ def publish_diagnostics(node: Node, pub, stats: NodeStats, name: str) -> None:
 
 
 CONVERSION_ERRORS = (ConversionError, FrameError)
+
+
+def run_node(factory, name: str, args=None) -> None:
+    """rclpy.init, build the node (a failure at start is one fatal log line and exit code 1), spin until
+    Ctrl-C or shutdown, then stop its worker and clean up."""
+    import rclpy
+    rclpy.init(args=args)
+    try:
+        node = factory()
+    except Exception as exc:
+        rclpy.logging.get_logger(name).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        raise SystemExit(1) from None
+    try:
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.worker.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rclpy.node import Node
 from rclpy.qos import QoSOverridingOptions, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
-from ros2_pose6d.nodes.common import CONVERSION_ERRORS, declare_params, frame_from_msgs, publish_diagnostics, skip
+from ros2_pose6d.nodes.common import (
+    CONVERSION_ERRORS,
+    declare_params,
+    frame_from_msgs,
+    publish_diagnostics,
+    run_node,
+    skip,
+)
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.params import DETECTOR
 from ros2_pose6d.runtime.worker import DropOldestWorker
@@ -80,21 +86,7 @@ class DetectorNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = DetectorNode()
-    except Exception as exc:
-        rclpy.logging.get_logger("pose6d_detector").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.worker.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(DetectorNode, "pose6d_detector", args)
 
 
 if __name__ == "__main__":

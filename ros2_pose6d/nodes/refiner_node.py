@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from message_filters import ApproximateTimeSynchronizer, Subscriber
@@ -19,7 +18,14 @@ from tf2_ros import TransformBroadcaster
 from vision_msgs.msg import Detection3DArray, VisionInfo
 from visualization_msgs.msg import MarkerArray
 
-from ros2_pose6d.nodes.common import CONVERSION_ERRORS, declare_params, frame_from_msgs, publish_diagnostics, skip
+from ros2_pose6d.nodes.common import (
+    CONVERSION_ERRORS,
+    declare_params,
+    frame_from_msgs,
+    publish_diagnostics,
+    run_node,
+    skip,
+)
 from ros2_pose6d.nodes.detector_node import resolve_device
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.frame_cache import FrameCache
@@ -31,7 +37,7 @@ from ros2_pose6d.runtime.worker import DropOldestWorker
 class RefinerNode(Node):
     def __init__(self) -> None:
         super().__init__("pose6d_refiner")
-        from ros2_pose6d.estimation.pipeline import Pipeline
+        from ros2_pose6d.estimation.pipeline import Pipeline, build_refiner
         from ros2_pose6d.io.ros_convert import header, rclpy_factory
         from ros2_pose6d.objects.registry import ObjectRegistry
         from ros2_pose6d.resources import default_objects_yaml, weights_dir
@@ -43,16 +49,9 @@ class RefinerNode(Node):
         objects_yaml = p["objects"] or str(default_objects_yaml())
         self.registry = ObjectRegistry.from_yaml(objects_yaml)
         device = resolve_device(p["device"])
-        refiner = None
-        if p["method"] == "deepim":
-            from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
-            refiner = DeepimRefiner.from_weights(p["deepim_weights"] or weights_dir() / "deepim_demo.safetensors",
-                                                 self.registry, device)
-        elif p["method"] == "nemo":
-            from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
-            refiner = NemoRefiner.from_weights(p["nemo_weights"] or weights_dir() / "nemo_demo.safetensors",
-                                               self.registry, device)
-        self.pipeline = Pipeline(self.registry, None, refiner)
+        method = p["method"]
+        weights = p.get(f"{method}_weights") or weights_dir() / f"{method}_demo.safetensors"
+        self.pipeline = Pipeline(self.registry, None, build_refiner(method, weights, self.registry, device))
         self.pipeline.iterations = p["iterations"] or None
         self.factory = rclpy_factory()
         self.drawer = OverlayDrawer(self.registry)
@@ -150,21 +149,7 @@ class RefinerNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = RefinerNode()
-    except Exception as exc:
-        rclpy.logging.get_logger("pose6d_refiner").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.worker.stop()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(RefinerNode, "pose6d_refiner", args)
 
 
 if __name__ == "__main__":

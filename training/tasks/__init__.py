@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
+
+class TaskBase:
+    """What the Trainer asks of a task beyond ``step`` and ``train_dataset``; tasks override as needed.
+    Subclasses set ``arch``, ``model`` (an nn.Module), ``model_cfg`` (a dataclass) and ``forward_module``."""
+
+    arch = ""
+
+    def model_config(self) -> dict:
+        from ros2_pose6d.config import to_dict
+        return to_dict(self.model_cfg)
+
+    def extra_tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_extra(self, extra: dict[str, Tensor]) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
 
 def build_task(cfg, registry):
     """The task named by cfg.task."""

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from ros2_pose6d.training.datasets import InstanceDataset, collate_instances
 from ros2_pose6d.training.losses.point_matching import symmetric_point_matching
+from ros2_pose6d.training.tasks import TaskBase
 from torch import Tensor
 
-from ros2_pose6d.config import build_config, to_dict
+from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.deepim_refiner import deepim_step
 from ros2_pose6d.estimation.model_set import build_model_set
 from ros2_pose6d.estimation.zoom import flow_between, projected_boxes
@@ -47,7 +48,7 @@ def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float
     return dR @ R, t_new
 
 
-class DeepimTask:
+class DeepimTask(TaskBase):
     arch = "deepim"
 
     def __init__(self, cfg, registry: ObjectRegistry) -> None:
@@ -105,15 +106,3 @@ class DeepimTask:
                 parts["mask"] = float(mk.detach())
         parts["total"] = float(loss.detach())
         return loss, parts
-
-    def model_config(self) -> dict:
-        return to_dict(self.model_cfg)
-
-    def extra_tensors(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_extra(self, extra: dict[str, Tensor]) -> None:
-        pass
-
-    def after_step(self, step: int) -> None:
-        pass

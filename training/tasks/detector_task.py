@@ -5,16 +5,17 @@ from __future__ import annotations
 import torch
 from ros2_pose6d.training.datasets import DetectionDataset, collate_detection
 from ros2_pose6d.training.losses.smope_loss import SmopeCriterion, SmopeLossConfig
+from ros2_pose6d.training.tasks import TaskBase
 from torch import Tensor
 
-from ros2_pose6d.config import build_config, to_dict
+from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.model_set import build_model_set
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.smope import SmopeConfig, SmopeNet
 from ros2_pose6d.objects.registry import ObjectRegistry
 
 
-class DetectorTask:
+class DetectorTask(TaskBase):
     arch = "smope"
 
     def __init__(self, cfg, registry: ObjectRegistry) -> None:
@@ -39,15 +40,3 @@ class DetectorTask:
         out = self.forward_module(normalise_images(images), m.model_points)
         return self.criterion(out, targets, K, self.model_cfg.image_size, m.loss_points, m.symmetries,
                               m.model_points[..., :3])
-
-    def model_config(self) -> dict:
-        return to_dict(self.model_cfg)
-
-    def extra_tensors(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_extra(self, extra: dict[str, Tensor]) -> None:
-        pass
-
-    def after_step(self, step: int) -> None:
-        pass

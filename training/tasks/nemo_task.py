@@ -11,10 +11,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from ros2_pose6d.training.datasets import InstanceDataset, collate_instances
+from ros2_pose6d.training.tasks import TaskBase
 from ros2_pose6d.training.tasks.deepim_task import perturb_poses
 from torch import Tensor
 
-from ros2_pose6d.config import build_config, to_dict
+from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, feature_intrinsics, visible_vertices
 from ros2_pose6d.estimation.zoom import projected_boxes
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics, project, zoom_in_boxes
@@ -47,7 +48,7 @@ def _gather(x: Tensor) -> Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
-class NemoTask:
+class NemoTask(TaskBase):
     arch = "nemo"
 
     def __init__(self, cfg, registry: ObjectRegistry) -> None:
@@ -138,11 +139,3 @@ class NemoTask:
         self.model.bank.update_vertices(index, f_v, self.model_cfg.momentum)
         self.model.bank.enqueue_clutter(f_bg)
 
-    def model_config(self) -> dict:
-        return to_dict(self.model_cfg)
-
-    def extra_tensors(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_extra(self, extra: dict[str, Tensor]) -> None:
-        pass
