@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing as mp
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +34,8 @@ def peak_memory(fn: Callable[[], object]) -> float | None:
     """Peak resident memory [bytes] that one call of ``fn`` adds on top of what the process held before.
 
     Linux only: resets the high-water mark through /proc/self/clear_refs (``5``) and reads VmHWM after
-    the call. torch's CPU allocator returns large blocks to the OS, so this sees the call's temporaries
-    too. Returns None where /proc is not available.
+    the call. Memory freed earlier in the process and reused by the call is not seen: use
+    ``peak_memory_fresh`` for numbers to compare. Returns None where /proc is not available.
     """
     try:
         _CLEAR_REFS.write_text("5")
@@ -46,3 +48,18 @@ def peak_memory(fn: Callable[[], object]) -> float | None:
 
 def fmt_mib(nbytes: float | None) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
+def _measure_in_child(module_file: str, factory: str, args: tuple) -> float | None:
+    spec = importlib.util.spec_from_file_location("bench_case", module_file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fn = getattr(mod, factory)(*args)  # builds the inputs, returns the call to measure
+    return peak_memory(fn)
+
+
+def peak_memory_fresh(module_file: str, factory: str, *args) -> float | None:
+    """``peak_memory`` of ``module.factory(*args)()`` in a freshly spawned process, so no freed heap of
+    earlier work hides the call's allocations: comparable numbers for kernel vs reference."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_in_child, (module_file, factory, args))

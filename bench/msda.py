@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import fmt_mib, peak_memory, timed
+from _common import fmt_mib, peak_memory_fresh, timed
 
 from ros2_pose6d.ops import ms_deform_attn, ms_deform_attn_reference
 
@@ -25,6 +25,19 @@ def inputs(batch: int, queries: int = 300, device: str = "cpu"):
     loc = torch.rand(batch, queries, M, L, P, 2, device=device, requires_grad=True)
     w = torch.rand(batch, queries, M, L, P, device=device).softmax(-1).requires_grad_()
     return value, shapes, start, loc, w
+
+
+def case(kind: str, pass_: str, batch: int):
+    """The call measured for memory (in a fresh process): kernel or reference, forward or fwd+bwd."""
+    a = inputs(batch)
+    run = {"kernel": lambda: ms_deform_attn(*a),
+           "reference": lambda: ms_deform_attn_reference(a[0], a[1], a[3], a[4])}[kind]
+    if pass_ == "forward":
+        def fn():
+            with torch.no_grad():
+                run()
+        return fn
+    return lambda: run().sum().backward()
 
 
 def main() -> None:
@@ -45,7 +58,8 @@ def main() -> None:
             with torch.set_grad_enabled(name != "forward"):
                 tk = timed(kernel, args.repeats)
                 tr = timed(reference, args.repeats)
-                mk, mr = peak_memory(kernel), peak_memory(reference)
+            mk = peak_memory_fresh(__file__, "case", "kernel", name, batch)
+            mr = peak_memory_fresh(__file__, "case", "reference", name, batch)
             ratio = f"{mk / mr:.2f}" if mk is not None and mr else "n/a"
             print(f"{batch:>5} {name:>9} {tk * 1e3:>10.2f} {tr * 1e3:>13.2f} {tr / tk:>8.2f}x "
                   f"{fmt_mib(mk):>11} {fmt_mib(mr):>14} {ratio:>13}")

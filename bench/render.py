@@ -17,7 +17,7 @@ import torch
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import fmt_mib, peak_memory, timed
+from _common import fmt_mib, peak_memory_fresh, timed
 
 from ros2_pose6d.render.rasterize import RasterSettings, rasterize, rasterize_reference
 
@@ -84,6 +84,13 @@ def ray_caster(v: np.ndarray, f: np.ndarray, K: np.ndarray, h: int, w: int, batc
         return None, "none"
 
 
+def case(h: int, w: int, label: str, batch: int):
+    """The kernel call measured for memory in a fresh process."""
+    v, f = make_mesh(label)
+    a = batch_inputs(v, f, camera(h, w), batch)
+    return lambda: rasterize(*a, RasterSettings(h, w))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
@@ -103,7 +110,7 @@ def main() -> None:
                 a = batch_inputs(v, f, K, batch)
                 kernel = lambda a=a, s=settings: rasterize(*a, s)  # noqa: E731
                 tk = timed(kernel, args.repeats)
-                mk = peak_memory(kernel)
+                mk = peak_memory_fresh(__file__, "case", h, w, label, batch)
                 small = (batch == 1 and len(f) <= 10_000) or (h == 128 and len(f) <= 1_000)
                 tr = timed(lambda a=a, s=settings: rasterize_reference(*a, s), 1) if small else None
                 cast, lib = ray_caster(v, f, K, h, w, batch)
