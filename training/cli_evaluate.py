@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deepim", type=Path, help="DeepIM weights")
     p.add_argument("--nemo", type=Path, help="NeMo weights")
     p.add_argument("--iterations", type=int, help="refiner iterations / steps (default: the weights' own)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detector score threshold")
     p.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="cpu")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--refiner {args.refiner} needs --{args.refiner} WEIGHTS")
     cfg = PipelineConfig(detector_weights=str(args.detector or ""), refiner=args.refiner,
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
-                         refine_iterations=args.iterations)
+                         score_threshold=args.score_threshold, refine_iterations=args.iterations)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
     else:  # refiner alone
