@@ -47,6 +47,9 @@ def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Ten
 class DeepimRefiner:
     def __init__(self, net: DeepimNet, registry: ObjectRegistry, device: str | torch.device = "cpu",
                  model_set: ModelSet | None = None) -> None:
+        if net.cfg.observed_mask:
+            raise ValueError("this DeepIM network takes an observed-mask input, which the pipeline does not "
+                             "provide (no segmentation stage); use weights trained with observed_mask: false")
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.registry = registry

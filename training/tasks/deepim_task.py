@@ -55,6 +55,9 @@ class DeepimTask(TaskBase):
         self.cfg, self.registry = cfg, registry
         self.model_cfg = build_config(DeepimConfig, cfg.model, prefix="model")
         self.loss_cfg = build_config(DeepimLossConfig, cfg.loss, prefix="loss")
+        if self.model_cfg.observed_mask:
+            raise ValueError("model.observed_mask: the synthetic instance dataset has no segmentation input to "
+                             "feed it; train with observed_mask: false")
         self.model = DeepimNet(self.model_cfg)
         self.forward_module = self.model
         self.models = build_model_set(registry, 512, 256)
