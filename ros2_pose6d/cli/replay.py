@@ -97,9 +97,10 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
                 t1 = time.perf_counter()
                 try:
                     out = pipeline.process(frame)
-                except FrameError as exc:
-                    res.skipped[str(exc)] += 1
-                    res.frames.append({"stamp": bf.stamp, "skipped": str(exc)})
+                except Exception as exc:  # a frame the models fail on is skipped and counted, never fatal
+                    reason = str(exc) if isinstance(exc, FrameError) else f"pipeline error: {type(exc).__name__}: {exc}"
+                    res.skipped[reason] += 1
+                    res.frames.append({"stamp": bf.stamp, "skipped": reason})
                     continue
                 t2 = time.perf_counter()
                 hdr = header(f, frame.stamp, frame.frame_id)
