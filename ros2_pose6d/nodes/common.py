@@ -88,3 +88,37 @@ def run_node(factory, name: str, args=None) -> None:
         node.worker.stop()
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def subscribe_camera(node: Node, params: dict, callback):
+    """image + camera_info (sensor-data QoS, overridable by parameters) through an approximate-time
+    synchroniser calling ``callback(image, camera_info)``; returns the synchroniser (keep a reference)."""
+    from message_filters import ApproximateTimeSynchronizer, Subscriber
+    from rclpy.qos import QoSOverridingOptions, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    opts = QoSOverridingOptions.with_default_policies()
+    subs = [Subscriber(node, Image, "image", qos_profile=qos_profile_sensor_data, qos_overriding_options=opts),
+            Subscriber(node, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data,
+                       qos_overriding_options=opts)]
+    sync = ApproximateTimeSynchronizer(subs, params["queue_size"], params["sync_slop"])
+    sync.registerCallback(callback)
+    node._pose6d_camera_subs = subs  # message_filters subscribers must outlive this call
+    return sync
+
+
+def start_worker(node: Node, params: dict, stats: NodeStats, label: str):
+    """The drop-oldest worker over node.run_model / on_result / on_error, and the diagnostics timer."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from ros2_pose6d.runtime.worker import DropOldestWorker
+    diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    worker = DropOldestWorker(node.run_model, node.on_result, node.on_error, f"pose6d-{label}")
+    node.create_timer(params["diagnostics_period"], lambda: publish_diagnostics(node, diag_pub, stats, label))
+    return worker
+
+
+def submit(node: Node, stats: NodeStats, item) -> None:
+    """Hand an item to the node's worker, counting a pending one it replaces as dropped."""
+    before = node.worker.dropped
+    node.worker.submit(item)
+    stats.dropped += node.worker.dropped - before

@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
-from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rclpy.node import Node
-from rclpy.qos import QoSOverridingOptions, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
 from ros2_pose6d.nodes.common import (
     CONVERSION_ERRORS,
     declare_params,
     frame_from_msgs,
-    publish_diagnostics,
     run_node,
     skip,
+    start_worker,
+    submit,
+    subscribe_camera,
 )
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.params import DETECTOR
-from ros2_pose6d.runtime.worker import DropOldestWorker
 
 
 def resolve_device(device: str) -> str:
@@ -47,18 +45,9 @@ class DetectorNode(Node):
                                               score_threshold=p["score_threshold"], max_detections=p["max_detections"])
         self.factory = rclpy_factory()
         self.stats = NodeStats()
-        qos_opts = QoSOverridingOptions.with_default_policies()
-        self.image_sub = Subscriber(self, Image, "image", qos_profile=qos_profile_sensor_data,
-                                    qos_overriding_options=qos_opts)
-        self.info_sub = Subscriber(self, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data,
-                                   qos_overriding_options=qos_opts)
-        self.sync = ApproximateTimeSynchronizer([self.image_sub, self.info_sub], p["queue_size"], p["sync_slop"])
-        self.sync.registerCallback(self.on_frame)
         self.pub = self.create_publisher(ObjectPoseArray, "detections", 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.worker = DropOldestWorker(self.run_model, self.on_result, self.on_error, "pose6d-detector")
-        self.create_timer(p["diagnostics_period"],
-                          lambda: publish_diagnostics(self, self.diag_pub, self.stats, "detection"))
+        self.worker = start_worker(self, p, self.stats, "detection")
+        self.sync = subscribe_camera(self, p, self.on_frame)
         self.get_logger().info(f"detector ready: {len(self.registry)} objects, weights {weights}")
 
     def on_frame(self, image: Image, info: CameraInfo) -> None:
@@ -67,9 +56,7 @@ class DetectorNode(Node):
         except CONVERSION_ERRORS as exc:
             skip(self, self.stats, exc)
             return
-        dropped = self.worker.dropped
-        self.worker.submit((frame, image.header, time.perf_counter()))
-        self.stats.dropped += self.worker.dropped - dropped
+        submit(self, self.stats, (frame, image.header, time.perf_counter()))
 
     def run_model(self, item):
         frame, _, _ = item

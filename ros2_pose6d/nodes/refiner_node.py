@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
-from message_filters import ApproximateTimeSynchronizer, Subscriber
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSOverridingOptions, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_ros import TransformBroadcaster
 from vision_msgs.msg import Detection3DArray, VisionInfo
@@ -22,16 +20,17 @@ from ros2_pose6d.nodes.common import (
     CONVERSION_ERRORS,
     declare_params,
     frame_from_msgs,
-    publish_diagnostics,
     run_node,
     skip,
+    start_worker,
+    submit,
+    subscribe_camera,
 )
 from ros2_pose6d.nodes.detector_node import resolve_device
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.frame_cache import FrameCache
 from ros2_pose6d.runtime.params import REFINER
 from ros2_pose6d.runtime.tracking import TrackingPolicy
-from ros2_pose6d.runtime.worker import DropOldestWorker
 
 
 class RefinerNode(Node):
@@ -59,13 +58,6 @@ class RefinerNode(Node):
         self.tracking = TrackingPolicy(p["redetect_every"], p["redetect_fit_error"]) if p["tracking"] else None
         self.latest_detections = None
         self.stats = NodeStats()
-        qos_opts = QoSOverridingOptions.with_default_policies()
-        self.image_sub = Subscriber(self, Image, "image", qos_profile=qos_profile_sensor_data,
-                                    qos_overriding_options=qos_opts)
-        self.info_sub = Subscriber(self, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data,
-                                   qos_overriding_options=qos_opts)
-        self.sync = ApproximateTimeSynchronizer([self.image_sub, self.info_sub], p["queue_size"], p["sync_slop"])
-        self.sync.registerCallback(self.on_frame)
         self.create_subscription(ObjectPoseArray, "detections", self.on_detections, 10)
         self.pubs = {"poses": self.create_publisher(ObjectPoseArray, "poses", 10),
                      "detections_3d": self.create_publisher(Detection3DArray, "detections_3d", 10),
@@ -78,10 +70,8 @@ class RefinerNode(Node):
         self.info_pub.publish(vision_info(self.factory, header(self.factory, 0.0, ""), f"ros2_pose6d/{p['method']}",
                                           objects_yaml))
         self.tf = TransformBroadcaster(self) if p["publish_tf"] else None
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.worker = DropOldestWorker(self.run_model, self.on_result, self.on_error, "pose6d-refiner")
-        self.create_timer(p["diagnostics_period"],
-                          lambda: publish_diagnostics(self, self.diag_pub, self.stats, "refinement"))
+        self.worker = start_worker(self, p, self.stats, "refinement")
+        self.sync = subscribe_camera(self, p, self.on_frame)
         self.get_logger().info(f"refiner ready: method {p['method']}, tracking {bool(p['tracking'])}")
 
     # ---- inputs ----
@@ -116,9 +106,7 @@ class RefinerNode(Node):
             self._submit(frame, hdr, estimates, detected=True)
 
     def _submit(self, frame, hdr, estimates, detected: bool) -> None:
-        dropped = self.worker.dropped
-        self.worker.submit((frame, hdr, estimates, detected, time.perf_counter()))
-        self.stats.dropped += self.worker.dropped - dropped
+        submit(self, self.stats, (frame, hdr, estimates, detected, time.perf_counter()))
 
     # ---- worker ----
     def run_model(self, item):
