@@ -158,3 +158,17 @@ def test_diagnostics_values():
     v = s.values()
     assert v["frame rate [Hz]"] == "2.00" and v["latency mean [ms]"] == "100.0" and v["frames skipped"] == "1"
     assert s.level() == 1
+
+
+def test_sync_monitor_counts_images_that_never_pair():
+    from ros2_pose6d.runtime.sync_monitor import SyncMonitor
+    m = SyncMonitor(pending=2)
+    for _ in range(3):
+        m.image()
+        m.paired()
+    assert m.check() == 0
+    for _ in range(5):  # camera_info stopped: five images, no pairs
+        m.image()
+    assert m.check() == 3 and m.check() == 0  # two may still pair; each lost image counted once
+    m.image()
+    assert m.check() == 1

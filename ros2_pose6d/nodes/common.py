@@ -10,6 +10,7 @@ from ros2_pose6d.estimation.types import Frame, FrameError
 from ros2_pose6d.io.ros_convert import ConversionError, camera_info_to_K, image_to_rgb, stamp_to_seconds
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.params import ParamSpec, validate
+from ros2_pose6d.runtime.sync_monitor import SyncMonitor
 
 
 def declare_params(node: Node, specs: tuple[ParamSpec, ...]) -> dict:
@@ -101,7 +102,23 @@ def subscribe_camera(node: Node, params: dict, callback):
             Subscriber(node, CameraInfo, "camera_info", qos_profile=qos_profile_sensor_data,
                        qos_overriding_options=opts)]
     sync = ApproximateTimeSynchronizer(subs, params["queue_size"], params["sync_slop"])
-    sync.registerCallback(callback)
+    monitor = SyncMonitor(params["queue_size"])
+    subs[0].registerCallback(monitor.image)  # a second listener on the same subscription: no extra copy
+
+    def paired(image, info) -> None:
+        monitor.paired()
+        callback(image, info)
+    sync.registerCallback(paired)
+
+    def check() -> None:
+        lost = monitor.check()
+        if lost:
+            for _ in range(lost):
+                node.stats.skip("no camera_info with a matching stamp")
+            node.get_logger().warning(f"{lost} image(s) found no camera_info within sync_slop="
+                                      f"{params['sync_slop']} s: is camera_info published?",
+                                      throttle_duration_sec=5.0)
+    node.create_timer(1.0, check)
     node._pose6d_camera_subs = subs  # message_filters subscribers must outlive this call
     return sync
 
