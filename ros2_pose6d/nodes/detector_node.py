@@ -19,6 +19,7 @@ from ros2_pose6d.nodes.common import (
     subscribe_camera,
 )
 from ros2_pose6d.runtime.diagnostics import NodeStats
+from ros2_pose6d.runtime.frame_cache import FrameCache
 from ros2_pose6d.runtime.params import DETECTOR
 
 
@@ -45,6 +46,7 @@ class DetectorNode(Node):
                                               score_threshold=p["score_threshold"], max_detections=p["max_detections"])
         self.factory = rclpy_factory()
         self.stats = NodeStats()
+        self.order: FrameCache = FrameCache(1)  # only its stamp-order check is used
         self.pub = self.create_publisher(ObjectPoseArray, "detections", 10)
         self.worker = start_worker(self, p, self.stats, "detection")
         self.sync = subscribe_camera(self, p, self.on_frame)
@@ -55,6 +57,9 @@ class DetectorNode(Node):
             frame = frame_from_msgs(image, info)
         except CONVERSION_ERRORS as exc:
             skip(self, self.stats, exc)
+            return
+        if not self.order.add(frame.stamp, None):
+            skip(self, self.stats, ValueError("image stamp older than the previous one (out of order)"))
             return
         submit(self, self.stats, (frame, image.header, time.perf_counter()))
 
