@@ -110,3 +110,21 @@ def test_bop_csv_round_trip(tmp_path):
     (tmp_path / "bad.csv").write_text("scene_id,im_id,obj_id,score,R,t,time\n1,2,3,0.5,1 2,3,0\n")
     with pytest.raises(ValueError, match=r"bad.csv:2: malformed row"):
         read_bop_csv(tmp_path / "bad.csv")
+
+
+def test_detection_ap50_on_hand_cases():
+    from ros2_pose6d.eval.detection import DetectionAP
+    box = np.array([0.0, 0.0, 10.0, 10.0])
+    ap = DetectionAP()
+    ap.add([(1, 0.9, box), (1, 0.8, box + 50)], [(1, box)])  # one hit, then one false positive
+    assert ap.ap50()[0] == pytest.approx(1.0)  # the hit ranks first: precision 1 at recall 1
+    ap = DetectionAP()
+    ap.add([(1, 0.9, box + 50), (1, 0.8, box)], [(1, box)])  # false positive ranked first
+    assert ap.ap50()[0] == pytest.approx(0.5)
+    ap = DetectionAP()
+    ap.add([(1, 0.9, box + 3)], [(1, box), (2, box)])  # IoU 49/151 < 0.5 and class 2 missed entirely
+    mean, per = ap.ap50()
+    assert per == {1: 0.0, 2: 0.0} and mean == 0.0
+    ap = DetectionAP()
+    ap.add([(1, 0.9, box), (1, 0.8, box)], [(1, box)])  # a duplicate does not match twice
+    assert ap.dets[1] == [(0.9, True), (0.8, False)]

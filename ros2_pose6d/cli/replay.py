@@ -127,6 +127,7 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
                     gt = [object_pose_to_estimate(m) for m in bf.ground_truth.objects]
                     res.report.image_width = frame.image.shape[1]
                     res.report.add_frame("detected", out.detections, gt, frame.K, registry)
+                    res.report.add_detections(out.detections, gt)
                     if pipeline.refiner is not None:
                         res.report.add_frame("refined", out.poses, gt, frame.K, registry)
                 timing = {"conversion": t1 - t0, **out.timings, "writing": t3 - t2}
@@ -152,6 +153,8 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
 
 def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) -> None:
     summary = {stage: res.report.summary(stage) for stage in res.report.targets} if res.has_gt else {}
+    if res.has_gt and res.report.detection.num_gt:
+        summary["box_AP50"] = res.report.detection.ap50()[0]
     data = {"accounting": res.accounting(), "interrupted": res.interrupted, "metrics": summary,
             "timing_mean_s": {k: float(np.mean(v)) for k, v in res.timings.items()}, "frames": res.frames}
     (out_dir / "report.json").write_text(json.dumps(data, indent=1, default=float))

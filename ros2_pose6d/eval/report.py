@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ros2_pose6d.eval.detection import DetectionAP
 from ros2_pose6d.eval.metrics import (
     add_or_adds,
     average_recall,
@@ -33,6 +34,7 @@ class TargetResult:
     mssd: float = math.inf  # [m]
     mspd: float = math.inf  # [px]
     cm_deg: bool = False
+    vis_err: float = math.nan  # |estimated - true visible fraction| when both are known
 
 
 @dataclass
@@ -41,6 +43,22 @@ class Report:
 
     targets: dict[str, list[TargetResult]] = field(default_factory=dict)
     image_width: int = 640
+    detection: DetectionAP = field(default_factory=DetectionAP)
+    min_visib: float = 0.1  # ground truth less visible than this is not expected to be detected
+
+    def add_detections(self, estimates, gts) -> None:
+        """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50."""
+        truth = []
+        for g in gts:
+            if hasattr(g, "object_id"):  # ground truth carried as a PoseEstimate (bags): xyxy box, visibility
+                obj_id, vis, xyxy = g.object_id, g.visibility, np.asarray(g.bbox_xyxy, float)
+            else:  # BOP GtInstance: (x, y, w, h) visible box, visib_fract
+                obj_id, vis, b = g.obj_id, g.visib_fract, g.bbox_visib
+                xyxy = None if b is None else np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], float)
+            if xyxy is None or xyxy[2] <= xyxy[0] or (vis is not None and vis < self.min_visib):
+                continue
+            truth.append((obj_id, xyxy))
+        self.detection.add([(e.object_id, e.score, np.asarray(e.bbox_xyxy, float)) for e in estimates], truth)
 
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
                   points_step: int = 5) -> None:
@@ -71,6 +89,11 @@ class Report:
                 res.mssd = mssd(e.R, e.t, g.R, g.t, pts, sym)
                 res.mspd = mspd(e.R, e.t, g.R, g.t, pts, sym, K)
                 res.cm_deg = cm_degree(e.R, e.t, g.R, g.t)
+                true_vis = getattr(g, "visib_fract", None)
+                if true_vis is None and hasattr(g, "object_id"):
+                    true_vis = g.visibility  # ground truth carried as a PoseEstimate (bags)
+                if true_vis is not None:
+                    res.vis_err = abs(float(e.visibility) - float(true_vis))
             out.append(res)
 
     def summary(self, stage: str, obj_id: int | None = None) -> dict[str, float]:
@@ -81,14 +104,16 @@ class Report:
         add = np.array([r.add for r in rows])
         ar = average_recall(None, np.array([r.mssd for r in rows]), np.array([r.mspd for r in rows]), diam,
                             self.image_width)
+        vis = np.array([r.vis_err for r in rows if np.isfinite(r.vis_err)])
         return {"n": len(rows), "ADD(-S) 0.1d": float(np.mean(add < 0.1 * diam)),
+                "vis MAE": float(vis.mean()) if len(vis) else math.nan,
                 "5cm5deg": float(np.mean([r.cm_deg for r in rows])),
                 "proj 5px": recall(np.array([r.proj for r in rows]), 5.0 * self.image_width / 640),
                 "AR_MSSD": ar["AR_MSSD"], "AR_MSPD": ar["AR_MSPD"], "AR": ar["AR"]}
 
     def table(self, registry: ObjectRegistry) -> str:
         """Plain-text table: one row per object and stage, then the overall rows."""
-        cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR"]
+        cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR", "vis MAE"]
         lines = [f"{'object':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in cols)]
         for obj_id in sorted({r.obj_id for rows in self.targets.values() for r in rows}):
             name = registry[obj_id].name
@@ -102,6 +127,10 @@ class Report:
             if s:
                 lines.append(f"{'ALL':<14}{stage:<10}" + "".join(
                     f"{s[c]:>14d}" if c == "n" else f"{s[c]:>14.3f}" for c in cols))
+        if self.detection.num_gt:
+            mean, per = self.detection.ap50()
+            lines.append(f"box AP50 (detector): {mean:.3f}  (" + ", ".join(
+                f"{registry[c].name} {v:.2f}" for c, v in sorted(per.items()) if c in registry.ids) + ")")
         return "\n".join(lines)
 
     def plots(self, out_dir: str | Path, registry: ObjectRegistry) -> list[Path]:

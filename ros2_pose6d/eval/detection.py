@@ -1,0 +1,60 @@
+"""2D detection accuracy: average precision at IoU 0.5 per object class (VOC-style all-point
+interpolation), averaged over the classes present."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(4,) box vs (M, 4) boxes, xyxy."""
+    lt = np.maximum(a[:2], b[:, :2])
+    rb = np.minimum(a[2:], b[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-12)
+
+
+class DetectionAP:
+    """Accumulate frames with ``add``; ``ap50()`` -> (mAP, {class: AP})."""
+
+    def __init__(self, iou: float = 0.5) -> None:
+        self.iou = iou
+        self.dets: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+        self.num_gt: dict[int, int] = defaultdict(int)
+
+    def add(self, detections: list[tuple[int, float, np.ndarray]], ground_truth: list[tuple[int, np.ndarray]]) -> None:
+        """detections: (class, score, xyxy); ground_truth: (class, xyxy), one frame."""
+        for cls in {c for c, _ in ground_truth} | {c for c, _, _ in detections}:
+            gts = np.array([b for c, b in ground_truth if c == cls], float).reshape(-1, 4)
+            self.num_gt[cls] += len(gts)
+            used = np.zeros(len(gts), bool)
+            for _, score, box in sorted([d for d in detections if d[0] == cls], key=lambda d: -d[1]):
+                hit = False
+                if len(gts):
+                    ious = _iou(np.asarray(box, float), gts)
+                    ious[used] = -1
+                    k = int(ious.argmax())
+                    if ious[k] >= self.iou:
+                        used[k] = hit = True
+                self.dets[cls].append((score, hit))
+
+    def ap50(self) -> tuple[float, dict[int, float]]:
+        aps = {}
+        for cls, n in self.num_gt.items():
+            if n == 0:
+                continue
+            d = sorted(self.dets.get(cls, []), key=lambda x: -x[0])
+            tp = np.cumsum([h for _, h in d]) if d else np.zeros(0)
+            fp = np.cumsum([not h for _, h in d]) if d else np.zeros(0)
+            recall = tp / n if d else np.zeros(0)
+            precision = tp / np.maximum(tp + fp, 1e-12) if d else np.zeros(0)
+            mrec = np.concatenate([[0.0], recall, [1.0]])
+            mpre = np.concatenate([[0.0], precision, [0.0]])
+            for i in range(len(mpre) - 2, -1, -1):
+                mpre[i] = max(mpre[i], mpre[i + 1])
+            idx = np.nonzero(mrec[1:] != mrec[:-1])[0]
+            aps[cls] = float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+        return (float(np.mean(list(aps.values()))) if aps else 0.0), aps
