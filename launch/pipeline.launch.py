@@ -23,7 +23,7 @@ def generate_launch_description() -> LaunchDescription:
                               description="ros__parameters of both nodes"),
         DeclareLaunchArgument("objects", default_value="",
                               description="objects.yaml of the object set (empty: the shipped demo objects)"),
-        DeclareLaunchArgument("method", default_value="deepim", description="refiner: deepim | nemo | none"),
+        DeclareLaunchArgument("method", default_value="nemo", description="refiner: deepim | nemo | none"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
         DeclareLaunchArgument("tracking", default_value="false",
                               description="refine from the last poses between detections"),

@@ -155,3 +155,13 @@ def test_refine_returns_unrefinable_estimates_with_a_reason(registry, meshes):
                              PoseEstimate(2, np.eye(3), np.array([0.0, 0.0, 0.7]))])
     assert out[0].stage == "detected" and "behind" in out[0].notes[0]
     assert out[1].stage == "refined" and out[1].occlusion.shape == (120, 160) and 0 <= out[1].visibility <= 1
+
+
+def test_a_diverging_optimisation_keeps_its_best_pose(registry, meshes):
+    """Huge steps throw the translation behind the camera: no crash, the best finite pose comes back."""
+    vf, clutter = _bank(meshes.num_vertices)
+    ref = _refiner(registry, meshes, vf, clutter, steps=6)
+    ref.cfg.lr_translation = 5.0  # metres per step
+    frame = Frame(np.zeros((120, 160, 3), np.uint8), np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]]))
+    (out,) = ref.refine(frame, [PoseEstimate(2, np.eye(3), np.array([0.0, 0.0, 0.7]))])
+    assert np.isfinite(out.t).all() and out.t[2] > 0.3 and np.isfinite(out.R).all()

@@ -180,7 +180,9 @@ def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) ->
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", type=Path, help="detector weights (default: the shipped demo weights)")
-    p.add_argument("--refiner", choices=("deepim", "nemo", "none"), default="deepim")
+    p.add_argument("--refiner", choices=("deepim", "nemo", "none"), default="nemo",
+                   help="refinement method (default nemo: the shipped CPU-trained NeMo weights improve poses, the "
+                        "CPU-trained DeepIM weights do not yet; see models/weights/README.md)")
     p.add_argument("--deepim", type=Path, help="DeepIM weights (default: shipped)")
     p.add_argument("--nemo", type=Path, help="NeMo weights (default: shipped)")
     p.add_argument("--score-threshold", type=float, default=0.5)

@@ -104,18 +104,26 @@ class NemoRefiner:
                                 {"params": [delta], "lr": self.cfg.lr_translation}])
         best_loss = torch.full((Hn * N,), float("inf"), device=self.device)
         best_R, best_t = Rs.clone(), ts.clone()
+        alive = torch.ones(Hn * N, dtype=torch.bool, device=self.device)
+        z_min = 0.5 * ts[:, 2]
         for _ in range(steps + 1):
+            with torch.no_grad():  # a hypothesis that went non-finite or too close stops where it was
+                sane = (torch.isfinite(omega).all(1) & torch.isfinite(delta).all(1)
+                        & ((ts[:, 2] + delta[:, 2]) > z_min))
+                alive &= sane
+                omega[~sane] = 0.0
+                delta[~sane] = 0.0
             R = axis_angle_to_matrix(omega) @ Rs
             t = ts + delta
             loss, _, _ = render_compare(self.meshes, bank.vertex_features, feats, clutter_log, idx, R, t, Kf,
                                         self.cfg.temperature)
             with torch.no_grad():
-                better = torch.isfinite(loss) & (loss < best_loss)
+                better = alive & torch.isfinite(loss) & (loss < best_loss)
                 best_loss = torch.where(better, loss, best_loss)
                 best_R = torch.where(better[:, None, None], R, best_R)
                 best_t = torch.where(better[:, None], t, best_t)
             opt.zero_grad()
-            loss.sum().backward()
+            (loss * alive).sum().backward()
             opt.step()
         best_loss = best_loss.view(Hn, N)
         pick = best_loss.argmin(0)

@@ -57,7 +57,7 @@ DETECTOR = COMMON + (
 )
 
 REFINER = COMMON + (
-    ParamSpec("method", "deepim", "refinement method", choices=("deepim", "nemo", "none")),
+    ParamSpec("method", "nemo", "refinement method", choices=("deepim", "nemo", "none")),
     ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default)", (0, 1000)),
