@@ -150,7 +150,7 @@ def test_replay_cli_errors_are_one_line(tmp_path, registry):
                      {"model": to_dict(cfg)})
     r = subprocess.run([sys.executable, "-m", "ros2_pose6d.cli.replay", str(tmp_path / "missing_bag"), "--detector",
                         str(tmp_path / "detector_demo.safetensors"), "--deepim",
-                        str(tmp_path / "deepim_demo.safetensors"), "--out", str(tmp_path / "o")],
+                        str(tmp_path / "deepim_demo.safetensors"), "--refiner", "deepim", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'missing_bag'}: bag not found"
 
