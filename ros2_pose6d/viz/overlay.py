@@ -35,7 +35,7 @@ class OverlayDrawer:
         idx = torch.tensor([self.registry.index(e.object_id) for e in estimates])
         R = torch.as_tensor(np.stack([e.R for e in estimates]), dtype=torch.float32)
         t = torch.as_tensor(np.stack([e.t for e in estimates]), dtype=torch.float32)
-        Ks = torch.as_tensor(K, dtype=torch.float32).expand(len(estimates), 3, 3)
+        Ks = torch.tensor(np.asarray(K), dtype=torch.float32).expand(len(estimates), 3, 3)
         with torch.no_grad():
             out = self.renderer.render(idx, R, t, Ks, RasterSettings(*hw), shade=False)
         return out.mask.numpy()
