@@ -144,3 +144,24 @@ def test_pose_estimate_round_trips_through_every_message(store, f):
     np.testing.assert_allclose(R, e.R, atol=1e-6)
     np.testing.assert_allclose(t, e.t)
     assert tf.child_frame_id == "duck_0" and tf.header.frame_id == "cam"
+
+
+def test_scalar_fields_are_plain_python_types(f):
+    """rclpy's generated setters accept only float/int/str (np.float32 is not a float): check what we pass."""
+    import dataclasses
+    e = _estimate()
+
+    def walk(msg):
+        for fld in dataclasses.fields(msg):
+            v = getattr(msg, fld.name)
+            if dataclasses.is_dataclass(v):
+                walk(v)
+            elif isinstance(v, list):
+                for x in v:
+                    if dataclasses.is_dataclass(x):
+                        walk(x)
+            elif not isinstance(v, np.ndarray):
+                assert type(v) in (float, int, str, bool), (fld.name, type(v))
+    walk(estimate_to_object_pose(f, e))
+    walk(estimate_to_detection3d(f, header(f, 1.0, "c"), e, np.array([0.1, 0.2, 0.3])))
+    walk(estimate_to_transform(f, header(f, 1.0, "c"), "x", e))

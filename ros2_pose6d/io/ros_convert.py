@@ -197,8 +197,8 @@ def estimate_to_object_pose(f: MessageFactory, e: PoseEstimate):
                                                                         y=(y0 + y1) / 2), theta=0.0),
                  size_x=max(0.0, x1 - x0), size_y=max(0.0, y1 - y0))
     return f.new("ros2_pose6d_msgs/msg/ObjectPose", object_id=str(e.object_id), instance=int(e.instance),
-                 score=np.float32(e.score), pose=pose_msg(f, e.R, e.t), visibility=np.float32(e.visibility), bbox=bbox,
-                 stage=STAGES.index(e.stage), iterations=int(e.iterations), fit_error=np.float32(e.fit_error))
+                 score=float(e.score), pose=pose_msg(f, e.R, e.t), visibility=float(e.visibility), bbox=bbox,
+                 stage=STAGES.index(e.stage), iterations=int(e.iterations), fit_error=float(e.fit_error))
 
 
 def object_pose_to_estimate(msg) -> PoseEstimate:
