@@ -194,3 +194,12 @@ def test_shipped_weights_reduce_a_20deg_3cm_perturbation(registry):
         after_t.append(np.linalg.norm(out.t - r.t))
     assert np.mean(after_r) < np.mean(before_r) and np.mean(after_t) < np.mean(before_t), \
         (np.mean(after_r), np.mean(after_t))
+
+
+def test_weights_for_another_object_set_are_refused_clearly():
+    from ros2_pose6d.nets.checkpoint import CheckpointError
+    from ros2_pose6d.resources import weights_dir
+    lmo_like = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    lmo_like.objects = lmo_like.objects[:3]  # a different object set
+    with pytest.raises(CheckpointError, match="another object set"):
+        NemoRefiner.from_weights(weights_dir() / "nemo_demo.safetensors", lmo_like)

@@ -196,7 +196,7 @@ def test_bop2bag_then_replay_matches_evaluate_on_lmo(tmp_path):
         f"  - {{id: {o.obj_id}, name: {o.name}}}\n" for o in registry))
     assert bop_to_bag(LMO / "test" / "000002", tmp_path / "bag", max_frames=3, progress=False) == 3
     common = ["--detector", str(tmp_path / "det.safetensors"), "--deepim", str(tmp_path / "dim.safetensors"),
-              "--score-threshold", "0.0"]
+              "--score-threshold", "0.0", "--refiner", "deepim"]
     r1 = subprocess.run([sys.executable, "-m", "ros2_pose6d.cli.replay", str(tmp_path / "bag"), "--out",
                          str(tmp_path / "replay"), "--objects", str(objects), "--no-video", *common],
                         capture_output=True, text=True, timeout=900)
@@ -206,7 +206,8 @@ def test_bop2bag_then_replay_matches_evaluate_on_lmo(tmp_path):
     (split / "000002").symlink_to(LMO / "test" / "000002")
     r2 = subprocess.run([sys.executable, "-m", "ros2_pose6d.training.cli_evaluate", str(split), "--models-dir",
                          str(LMO / "models"), "--max-frames", "3", "--out", str(tmp_path / "eval"),
-                         "--detector", common[1], "--deepim", common[3], "--score-threshold", "0.0"],
+                         "--detector", common[1], "--deepim", common[3], "--score-threshold", "0.0",
+                         "--refiner", "deepim"],
                         capture_output=True, text=True, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]
     replayed = json.loads((tmp_path / "replay" / "report.json").read_text())["metrics"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from ros2_pose6d.config import build_config
@@ -21,7 +22,7 @@ from ros2_pose6d.estimation.zoom import projected_boxes
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics, project, zoom_in_boxes
 from ros2_pose6d.geometry.rotations import axis_angle_to_matrix
 from ros2_pose6d.nets.backbone import normalise_images
-from ros2_pose6d.nets.checkpoint import load_weights, read_model_config
+from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, read_model_config
 from ros2_pose6d.nets.nemo import NemoConfig, NemoModel
 from ros2_pose6d.objects.registry import ObjectRegistry
 
@@ -67,6 +68,11 @@ class NemoRefiner:
                      device: str | torch.device = "cpu") -> NemoRefiner:
         cfg = build_config(NemoConfig, read_model_config(path, ARCH), prefix="model")
         meshes = NeuralMeshes(registry, cfg.mesh_vertices, device)
+        with safe_open(str(path), framework="pt") as f:
+            stored = f.get_slice("bank.vertex_features").get_shape()[0]
+        if stored != meshes.num_vertices:
+            raise CheckpointError(f"{path}: NeMo weights for another object set (features for {stored} vertices, "
+                                  f"this set's neural meshes have {meshes.num_vertices})")
         model = NemoModel(cfg, meshes.num_vertices)
         load_weights(path, model, ARCH)
         return cls(model, registry, device, meshes)
