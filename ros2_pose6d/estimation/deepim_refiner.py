@@ -35,8 +35,9 @@ def crop_focal(K_crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
 
 def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: Tensor,
                 images: Tensor, points: Tensor, est_boxes: Tensor | None):
-    """One render-and-compare iteration: returns (R_new, t_new, network output, zoomed pair)."""
-    cfg = net.cfg
+    """One render-and-compare iteration: returns (R_new, t_new, network output, zoomed pair). ``net`` may be
+    wrapped in DistributedDataParallel (training)."""
+    cfg = getattr(net, "module", net).cfg
     with torch.no_grad():
         z = zoom_in(renderer, mesh_idx, R, t, K, images, points, est_boxes, cfg.input_size, cfg.zoom_scale)
     out = net(normalise_images(z.observed), normalise_images(z.rendered), z.mask)
