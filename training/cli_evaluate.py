@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = Pipeline.from_config(cfg, registry)
     else:  # refiner alone
         weights = args.deepim if args.refiner == "deepim" else args.nemo
-        pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device))
-        pipe.iterations = args.iterations
+        pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations)
     scenes = read_bop_split(args.split, load_depth=False)
     frames = [(s, i) for s in scenes for i in s.im_ids][: args.max_frames]
     if not frames:

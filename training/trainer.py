@@ -222,12 +222,11 @@ def _plain(cfg) -> dict:
 
 def setup_distributed(device_arg: str) -> torch.device:
     """Initialise torch.distributed under torchrun (gloo on CPU, nccl on CUDA) and pick the device."""
-    rank, world, local = _dist_info()
+    _, world, local = _dist_info()
     if device_arg == "auto":
         device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(device_arg)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    del rank
     return device

@@ -16,7 +16,6 @@ from tqdm import tqdm
 from ros2_pose6d.cli.replay import add_pipeline_args, build_pipeline, print_summary, replay
 from ros2_pose6d.estimation.types import PoseEstimate
 from ros2_pose6d.io.bag import CAMERA_INFO, IMAGE, POSES, BagError, BagWriter
-from ros2_pose6d.io.bop_writer import mask_bbox
 from ros2_pose6d.io.ros_convert import K_to_camera_info, array_to_image, estimates_to_array, header, rosbags_factory
 from ros2_pose6d.objects.registry import ObjectRegistry
 
@@ -65,8 +64,8 @@ def make_sequence_bag(registry: ObjectRegistry, out: Path, frames: int = 24, hw:
             w.write("/camera/color/image_raw", IMAGE, stamp, array_to_image(f, sample.rgb, "rgb8", hdr))
             w.write("/camera/color/camera_info", CAMERA_INFO, stamp, K_to_camera_info(f, K, hw, hdr))
             gts = []
-            for i, rec in enumerate(sample.records):
-                x, y, bw, bh = mask_bbox(sample.masks_visib[i])
+            for rec in sample.records:
+                x, y, bw, bh = rec.bbox_visib
                 gts.append(PoseEstimate(rec.obj_id, rec.R, rec.t, 1.0, 0, np.array([x, y, x + bw, y + bh], float),
                                         rec.visib_fract))
             w.write("/gt/poses", POSES, stamp, estimates_to_array(f, hdr, gts))

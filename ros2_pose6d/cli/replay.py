@@ -19,17 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from ros2_pose6d.estimation.pipeline import Pipeline
-from ros2_pose6d.estimation.types import Frame, FrameError
+from ros2_pose6d.estimation.types import FrameError
 from ros2_pose6d.eval.report import Report
 from ros2_pose6d.io.bag import POSES, BagError, BagReader, BagWriter
 from ros2_pose6d.io.ros_convert import (
     ConversionError,
     array_to_image,
-    camera_info_to_K,
     estimate_to_detection3d,
     estimates_to_array,
+    frame_from_msgs,
     header,
-    image_to_rgb,
     object_pose_to_estimate,
     rosbags_factory,
 )
@@ -57,16 +56,6 @@ class ReplayResult:
                 "skipped_reasons": dict(self.skipped)}
 
 
-def _frame_from(bf) -> Frame:
-    if bf.camera_info is None:
-        raise FrameError("no camera_info with a matching stamp")
-    rgb = image_to_rgb(bf.image)
-    K, hw = camera_info_to_K(bf.camera_info)
-    if hw != rgb.shape[:2] and hw != (0, 0):
-        raise FrameError(f"image {rgb.shape[1]}x{rgb.shape[0]} does not match camera_info {hw[1]}x{hw[0]}")
-    return Frame(rgb, K, bf.stamp, str(bf.image.header.frame_id))
-
-
 def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistry, image_topic: str | None = None,
            info_topic: str | None = None, gt_topic: str | None = None, max_frames: int | None = None,
            video: bool = True, progress: bool = True, storage: str = "sqlite3") -> ReplayResult:
@@ -89,7 +78,7 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
                 bar.update()
                 t0 = time.perf_counter()
                 try:
-                    frame = _frame_from(bf)
+                    frame = frame_from_msgs(bf.image, bf.camera_info, bf.stamp)
                 except (ConversionError, FrameError) as exc:
                     res.skipped[str(exc)] += 1
                     res.frames.append({"stamp": bf.stamp, "skipped": str(exc)})

@@ -15,7 +15,7 @@ from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.model_set import ModelSet, build_model_set
 from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
-from ros2_pose6d.estimation.zoom import zoom_in
+from ros2_pose6d.estimation.zoom import projected_boxes, zoom_in
 from ros2_pose6d.geometry.deepim_update import apply_update
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.checkpoint import load_weights, read_model_config
@@ -111,7 +111,6 @@ class DeepimRefiner:
         img = frame_tensor(frame, self.device)
         n = len(usable)
         K = torch.tensor(np.asarray(frame.K), dtype=torch.float32, device=self.device).expand(n, 3, 3)
-        from ros2_pose6d.estimation.zoom import projected_boxes
         own = projected_boxes(self.points[idx], R, t, K)
         est = torch.where(has_box[:, None], boxes, own)
         R2, t2, fit, done, reasons = self.refine_tensors(img.expand(n, -1, -1, -1), K, idx, R, t, est, iterations)

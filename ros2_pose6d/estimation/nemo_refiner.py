@@ -18,8 +18,8 @@ from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, feature_intrinsics, render_compare
 from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
-from ros2_pose6d.estimation.zoom import projected_boxes
-from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics, project, zoom_in_boxes
+from ros2_pose6d.estimation.zoom import zoom_window
+from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics
 from ros2_pose6d.geometry.rotations import axis_angle_to_matrix
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, read_model_config
@@ -82,11 +82,7 @@ class NemoRefiner:
         """Zoom windows (N, 4), crops (N, 3, H, W) and crop intrinsics (N, 3, 3) around the start poses."""
         pts = torch.stack([torch.as_tensor(self.meshes.meshes[int(i)].vertices[:: max(1, len(
             self.meshes.meshes[int(i)].vertices) // 200)][:200], device=self.device) for i in mesh_idx])
-        box = projected_boxes(pts, R, t, K)
-        if est_boxes is not None:
-            box = torch.cat([torch.fmin(box[:, :2], est_boxes[:, :2]), torch.fmax(box[:, 2:], est_boxes[:, 2:])], -1)
-        centre = project(t[:, None], K)[:, 0]
-        windows = zoom_in_boxes(centre, box, self.cfg.input_size, self.cfg.zoom_scale)
+        windows = zoom_window(pts, R, t, K, est_boxes, self.cfg.input_size, self.cfg.zoom_scale)
         return windows, crop_resize(images, windows, self.cfg.input_size), crop_resize_intrinsics(K, windows,
                                                                                                  self.cfg.input_size)
 

@@ -47,8 +47,11 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, registry: ObjectRegistry, detector: Detector, refiner=None) -> None:
-        self.registry, self.detector, self.refiner = registry, detector, refiner
+    def __init__(self, registry: ObjectRegistry, detector: Detector | None, refiner=None,
+                 iterations: int | None = None) -> None:
+        """``detector`` may be None for refinement only (tracking, evaluation from given poses);
+        ``iterations``: DeepIM iterations / NeMo steps per call, None for the weights' default."""
+        self.registry, self.detector, self.refiner, self.iterations = registry, detector, refiner, iterations
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, registry: ObjectRegistry) -> Pipeline:
@@ -62,11 +65,7 @@ class Pipeline:
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
                                          score_threshold=cfg.score_threshold)
         weights = cfg.deepim_weights if cfg.refiner == "deepim" else cfg.nemo_weights
-        pipe = cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device))
-        pipe.iterations = cfg.refine_iterations
-        return pipe
-
-    iterations: int | None = None
+        return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations)
 
     def refine(self, frame: Frame, estimates: list[PoseEstimate]) -> list[PoseEstimate]:
         """Refine given estimates (tracking reuses the last poses through here)."""

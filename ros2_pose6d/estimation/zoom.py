@@ -34,6 +34,17 @@ def projected_boxes(points: Tensor, R: Tensor, t: Tensor, K: Tensor) -> Tensor:
     return boxes_from_points(project(cam, K))
 
 
+def zoom_window(points: Tensor, R: Tensor, t: Tensor, K: Tensor, est_boxes: Tensor | None,
+                out_hw: tuple[int, int], scale: float) -> Tensor:
+    """(N, 4) crop windows: centred on the projected object centre, holding the union of the projected
+    ``points`` (N, P, 3) at the poses and ``est_boxes`` (N, 4) xyxy (rows of NaN: no estimate), with the
+    aspect ratio of ``out_hw`` and the margin ``scale``."""
+    box = projected_boxes(points, R, t, K)
+    if est_boxes is not None:
+        box = torch.cat([torch.fmin(box[:, :2], est_boxes[:, :2]), torch.fmax(box[:, 2:], est_boxes[:, 2:])], -1)
+    return zoom_in_boxes(project(t[:, None], K)[:, 0], box, out_hw, scale)
+
+
 def zoom_in(renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: Tensor, images: Tensor,
             points: Tensor, est_boxes: Tensor | None, out_hw: tuple[int, int], scale: float) -> ZoomedPair:
     """Zoomed observed/rendered pairs for N instances.
@@ -42,11 +53,7 @@ def zoom_in(renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: T
     the observed image of each instance in [0, 1]; points (N, P, 3) object points (for the rendered box);
     est_boxes (N, 4) xyxy estimated boxes (e.g. the detector's) or None.
     """
-    box = projected_boxes(points, R, t, K)
-    if est_boxes is not None:
-        box = torch.cat([torch.minimum(box[:, :2], est_boxes[:, :2]), torch.maximum(box[:, 2:], est_boxes[:, 2:])], -1)
-    centre = project(t[:, None], K)[:, 0]
-    windows = zoom_in_boxes(centre, box, out_hw, scale)
+    windows = zoom_window(points, R, t, K, est_boxes, out_hw, scale)
     Kc = crop_resize_intrinsics(K, windows, out_hw)
     observed = crop_resize(images, windows, out_hw)
     r = renderer.render(mesh_idx, R, t, Kc, RasterSettings(*out_hw))

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from ros2_pose6d.estimation.types import STAGES, PoseEstimate
+from ros2_pose6d.estimation.types import STAGES, Frame, FrameError, PoseEstimate
+from ros2_pose6d.geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
 
 COLOUR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 DEPTH_ENCODINGS = {"16UC1": np.dtype("uint16"), "32FC1": np.dtype("float32")}
@@ -154,25 +156,28 @@ def K_to_camera_info(f: MessageFactory, K: np.ndarray, hw: tuple[int, int], hdr)
                  r=f.float_array(np.eye(3).ravel()), p=f.float_array(P.ravel()), binning_x=0, binning_y=0, roi=roi)
 
 
+def frame_from_msgs(image, camera_info, stamp: float | None = None) -> Frame:
+    """sensor_msgs Image + CameraInfo -> Frame; ConversionError / FrameError say why not (the nodes and the
+    bag replay skip the frame with that reason)."""
+    if camera_info is None:
+        raise FrameError("no camera_info with a matching stamp")
+    rgb = image_to_rgb(image)
+    K, hw = camera_info_to_K(camera_info)
+    if hw != rgb.shape[:2] and hw != (0, 0):
+        raise FrameError(f"image {rgb.shape[1]}x{rgb.shape[0]} does not match camera_info {hw[1]}x{hw[0]}")
+    return Frame(rgb, K, stamp_to_seconds(image.header.stamp) if stamp is None else stamp, str(image.header.frame_id))
+
+
 # ---- poses ----
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(3, 3) -> (x, y, z, w), w >= 0."""
-    R = np.asarray(R, np.float64)
-    m = np.array([[R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
-                  [R[0, 1] + R[1, 0], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
-                  [R[0, 2] + R[2, 0], R[1, 2] + R[2, 1], R[2, 2] - R[0, 0] - R[1, 1], 0],
-                  [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]]]) / 3.0
-    vals, vecs = np.linalg.eigh(m)  # Bar-Itzhack: the quaternion is the top eigenvector
-    q = vecs[:, np.argmax(vals)]
-    return q if q[3] >= 0 else -q
+    """(3, 3) -> (x, y, z, w), w >= 0 (the core's conversion, in float64)."""
+    return matrix_to_quaternion(torch.as_tensor(np.asarray(R, np.float64))).numpy()
 
 
 def quaternion_to_rotation(q) -> np.ndarray:
-    x, y, z, w = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    """(x, y, z, w), any norm > 0 -> (3, 3)."""
+    return quaternion_to_matrix(torch.as_tensor(np.asarray(q, np.float64))).numpy()
 
 
 def pose_msg(f: MessageFactory, R: np.ndarray, t: np.ndarray):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 
-from ros2_pose6d.estimation.types import Frame, FrameError
-from ros2_pose6d.io.ros_convert import ConversionError, camera_info_to_K, image_to_rgb, stamp_to_seconds
+from ros2_pose6d.estimation.types import FrameError
+from ros2_pose6d.io.ros_convert import ConversionError, frame_from_msgs  # noqa: F401 - re-exported for the nodes
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.params import ParamSpec, validate
 from ros2_pose6d.runtime.sync_monitor import SyncMonitor
@@ -39,15 +39,6 @@ def declare_params(node: Node, specs: tuple[ParamSpec, ...]) -> dict:
         return SetParametersResult(successful=True)
     node.add_on_set_parameters_callback(on_set)
     return values
-
-
-def frame_from_msgs(image, info) -> Frame:
-    """sensor_msgs Image + CameraInfo -> Frame; ConversionError/FrameError say why not."""
-    rgb = image_to_rgb(image)
-    K, hw = camera_info_to_K(info)
-    if hw != rgb.shape[:2] and hw != (0, 0):
-        raise FrameError(f"image {rgb.shape[1]}x{rgb.shape[0]} does not match camera_info {hw[1]}x{hw[0]}")
-    return Frame(rgb, K, stamp_to_seconds(image.header.stamp), image.header.frame_id)
 
 
 def skip(node: Node, stats: NodeStats, exc: Exception) -> None:

@@ -50,8 +50,8 @@ class RefinerNode(Node):
         device = resolve_device(p["device"])
         method = p["method"]
         weights = p.get(f"{method}_weights") or weights_dir() / f"{method}_demo.safetensors"
-        self.pipeline = Pipeline(self.registry, None, build_refiner(method, weights, self.registry, device))
-        self.pipeline.iterations = p["iterations"] or None
+        self.pipeline = Pipeline(self.registry, None, build_refiner(method, weights, self.registry, device),
+                                 p["iterations"] or None)
         self.factory = rclpy_factory()
         self.drawer = OverlayDrawer(self.registry)
         self.cache: FrameCache = FrameCache(p["frame_cache"])

@@ -4,6 +4,9 @@ and rejection of objects that would sit inside each other."""
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from ros2_pose6d.geometry.rotations import ray_rotation
 
 
 def look_at_rotation(azimuth: float, elevation: float, roll: float) -> np.ndarray:
@@ -51,19 +54,8 @@ def sample_poses(rng: np.random.Generator, radii: np.ndarray, K: np.ndarray, hw:
         # look_at views the object from the optical axis; turning by the ray's direction keeps the view
         # angle relative to the line of sight (what the image shows) as sampled.
         ray = t / np.linalg.norm(t)
-        Rs.append(_align_z(ray) @ R)
+        Rs.append(ray_rotation(torch.as_tensor(ray)).numpy() @ R)
         ts.append(t)
     if not ts:
         return np.zeros((0, 3, 3)), np.zeros((0, 3))
     return np.stack(Rs), np.stack(ts)
-
-
-def _align_z(d: np.ndarray) -> np.ndarray:
-    """Smallest rotation taking +z to the unit vector d."""
-    z = np.array([0.0, 0.0, 1.0])
-    v = np.cross(z, d)
-    c = float(z @ d)
-    if np.linalg.norm(v) < 1e-12:
-        return np.eye(3)
-    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + vx + vx @ vx / (1 + c)

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, feature_intrinsics, visible_vertices
-from ros2_pose6d.estimation.zoom import projected_boxes
-from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics, project, zoom_in_boxes
+from ros2_pose6d.estimation.zoom import zoom_window
+from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.nemo import NemoConfig, NemoModel
 from ros2_pose6d.objects.registry import ObjectRegistry
@@ -81,8 +81,7 @@ class NemoTask(TaskBase):
         with torch.no_grad():
             R_p, t_p = perturb_poses(R_gt, t_gt, gen, lc.rot_std_deg, lc.trans_std)
             pts = torch.stack([torch.as_tensor(meshes.meshes[int(i)].vertices[:200], device=device) for i in label])
-            box = projected_boxes(pts, R_p, t_p, K)
-            windows = zoom_in_boxes(project(t_p[:, None], K)[:, 0], box, mc.input_size, mc.zoom_scale)
+            windows = zoom_window(pts, R_p, t_p, K, None, mc.input_size, mc.zoom_scale)
             crops = crop_resize(images, windows, mc.input_size)
             Kf = feature_intrinsics(crop_resize_intrinsics(K, windows, mc.input_size), mc.input_size, mc.stride)
         feats = self.forward_module(normalise_images(crops))  # (B, C, h, w)
