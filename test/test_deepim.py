@@ -74,6 +74,22 @@ def test_flow_moves_rendered_pixels_to_the_target_projection(registry, renderer)
     tu = (u + flow[0, 0, v, u]).round().long().clamp(0, 159)
     tv = (v + flow[0, 1, v, u]).round().long().clamp(0, 119)
     assert tgt.mask[0, tv, tu].float().mean() > 0.98
+    # unchanged pose: zero flow everywhere, background included (it used to be 0/0 there and a masked
+    # flow loss turned NaN whenever a training sample was not perturbed)
+    flow0, valid0 = flow_between(src.depth, src.mask.float(), R, t, R, t, Kc, src.depth)
+    assert torch.isfinite(flow0).all() and flow0.abs().max() < 1e-3 and valid0.sum() > 0
+
+
+def test_encoder_signal_reaches_the_pose_head_at_initialisation():
+    """Ten plain conv layers: with PyTorch's default init the pose head saw the same features for every
+    input (between-sample spread 1e-3 of the feature scale) and training only learnt the mean update."""
+    torch.manual_seed(0)
+    net = DeepimNet(DeepimConfig(input_size=(64, 80), width=0.25, fc_dim=128))
+    x = torch.cat([torch.randn(8, 6, 64, 80), (torch.rand(8, 1, 64, 80) > 0.5).float()], 1)
+    for layer in net.encoder.values():
+        x = layer(x)
+    spread = x.std(0).mean() / x.std()
+    assert spread > 0.1, f"conv6_1 features barely depend on the input (relative spread {spread:.1e})"
 
 
 def test_tiny_network_overfits_perturbed_samples(registry, renderer):

@@ -65,7 +65,7 @@ def flow_between(depth_src: Tensor, mask_src: Tensor, R_src: Tensor, t_src: Tens
     """Optical flow (N, 2, h, w) [px] that moves each rendered pixel of the source pose to where the same
     surface point lands under the target pose (same camera K (N, 3, 3)), and its validity (N, h, w):
     rendered at the source and, when ``depth_tgt`` is given, not hidden at the target (depth within
-    ``tolerance`` m)."""
+    ``tolerance`` m). The flow is 0 where not valid."""
     N, h, w = depth_src.shape
     v, u = torch.meshgrid(torch.arange(h, dtype=depth_src.dtype, device=depth_src.device),
                           torch.arange(w, dtype=depth_src.dtype, device=depth_src.device), indexing="ij")
@@ -83,4 +83,7 @@ def flow_between(depth_src: Tensor, mask_src: Tensor, R_src: Tensor, t_src: Tens
         z_seen = depth_tgt.reshape(N, -1).gather(1, (vi.clamp(0, h - 1) * w + ui.clamp(0, w - 1)))
         visible = inside & ((z_seen - cam_t[..., 2]).abs() < tolerance)
         valid = valid & visible.reshape(N, h, w)
+    # background pixels (depth 0) project through the camera centre: 0/0 when source and target poses
+    # agree; zero them so a masked loss stays finite
+    flow = torch.where(valid[:, None], flow, torch.zeros((), dtype=flow.dtype, device=flow.device))
     return flow, valid
