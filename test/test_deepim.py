@@ -80,16 +80,22 @@ def test_flow_moves_rendered_pixels_to_the_target_projection(registry, renderer)
     assert torch.isfinite(flow0).all() and flow0.abs().max() < 1e-3 and valid0.sum() > 0
 
 
-def test_encoder_signal_reaches_the_pose_head_at_initialisation():
+@pytest.mark.parametrize("norm", ["none", "group"])
+def test_encoder_signal_reaches_the_pose_head_at_initialisation(norm):
     """Ten plain conv layers: with PyTorch's default init the pose head saw the same features for every
     input (between-sample spread 1e-3 of the feature scale) and training only learnt the mean update."""
     torch.manual_seed(0)
-    net = DeepimNet(DeepimConfig(input_size=(64, 80), width=0.25, fc_dim=128))
+    net = DeepimNet(DeepimConfig(input_size=(64, 80), width=0.25, fc_dim=128, norm=norm))
     x = torch.cat([torch.randn(8, 6, 64, 80), (torch.rand(8, 1, 64, 80) > 0.5).float()], 1)
     for layer in net.encoder.values():
         x = layer(x)
     spread = x.std(0).mean() / x.std()
     assert spread > 0.1, f"conv6_1 features barely depend on the input (relative spread {spread:.1e})"
+
+
+def test_unknown_norm_is_refused_by_name():
+    with pytest.raises(ValueError, match="model.norm"):
+        DeepimNet(DeepimConfig(norm="batch"))
 
 
 def test_tiny_network_overfits_perturbed_samples(registry, renderer):

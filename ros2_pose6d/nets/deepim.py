@@ -32,10 +32,18 @@ class DeepimConfig:
     mask_head: bool = True
     zoom_scale: float = 1.4
     iterations: int = 4
+    # "none": FlowNetS as published; "group": GroupNorm after every encoder conv (the idea of FlowNetS-BN
+    # with batch-size-independent statistics; its flow and mask heads start learning sooner from scratch)
+    norm: str = "none"
 
 
-def _conv(cin: int, cout: int, k: int, s: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2), nn.LeakyReLU(0.1, inplace=True))
+def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
+    if norm == "none":
+        return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2), nn.LeakyReLU(0.1, inplace=True))
+    if norm == "group":
+        return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.GroupNorm(min(8, cout // 4), cout),
+                             nn.LeakyReLU(0.1, inplace=True))
+    raise ValueError(f"model.norm: {norm!r} is not one of 'none', 'group'")
 
 
 class DeepimNet(nn.Module):
@@ -51,7 +59,7 @@ class DeepimNet(nn.Module):
         self.encoder = nn.ModuleDict()
         self.channels = {}
         for name, c, k, s in FLOWNETS:
-            self.encoder[name] = _conv(cin, ch(c), k, s)
+            self.encoder[name] = _conv(cin, ch(c), k, s, cfg.norm)
             cin = self.channels[name] = ch(c)
         self.pool = nn.AdaptiveAvgPool2d((4, 4))  # FC input independent of the crop size
         self.fc = nn.Sequential(nn.Linear(cin * 16, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True),
@@ -62,7 +70,8 @@ class DeepimNet(nn.Module):
         for m in self.encoder.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=0.1, nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         self.rot = nn.Linear(cfg.fc_dim, 4)
         self.trans = nn.Linear(cfg.fc_dim, 3)
         for layer in (self.rot, self.trans):
