@@ -64,8 +64,8 @@ class DeepimNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d((4, 4))  # FC input independent of the crop size
         self.fc = nn.Sequential(nn.Linear(cin * 16, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True),
                                 nn.Linear(cfg.fc_dim, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True))
-        # MSRA initialisation as in FlowNet: with PyTorch's default init the signal of this 10-layer encoder
-        # (no normalisation layers) shrinks ~1e5x between input and conv6_1, the pose head sees the same
+        # MSRA initialisation as in FlowNet: with PyTorch's default init the input-dependent part of the signal
+        # of this 10-layer encoder (no normalisation) shrinks ~1e5x by conv6_1, the pose head sees the same
         # features for every input and training only learns the mean update.
         for m in self.encoder.modules():
             if isinstance(m, nn.Conv2d):
