@@ -1,6 +1,6 @@
 """The CUDA kernels' own source (csrc/*/*.cu), run on the CPU under a serial emulation of the CUDA
 runtime (test/cuda_emu/cuda_emu.h), against the CPU kernels: catches indexing, layout and launch-
-configuration mistakes in the .cu files on machines without a GPU. Threads run in a shuffled order;
+configuration (coverage) mistakes in the .cu files on machines without a GPU. Threads run in a shuffled order;
 two orders must agree. The real-device comparison is test_render/test_msda's CUDA tests."""
 
 from __future__ import annotations
