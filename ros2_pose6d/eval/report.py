@@ -37,6 +37,16 @@ class TargetResult:
     vis_err: float = math.nan  # |estimated - true visible fraction| when both are known
 
 
+def _truth(g) -> tuple[int, float | None, np.ndarray | None]:
+    """(object id, visible fraction, visible box xyxy) of a ground-truth target: a BOP GtInstance (obj_id,
+    visib_fract, bbox_visib as x, y, w, h) or a PoseEstimate carried in a bag (object_id, visibility,
+    bbox_xyxy)."""
+    if hasattr(g, "object_id"):
+        return g.object_id, g.visibility, np.asarray(g.bbox_xyxy, float)
+    b = g.bbox_visib
+    return g.obj_id, g.visib_fract, None if b is None else np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], float)
+
+
 @dataclass
 class Report:
     """Targets per stage name ('detected', 'refined', ...)."""
@@ -50,11 +60,7 @@ class Report:
         """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50."""
         truth = []
         for g in gts:
-            if hasattr(g, "object_id"):  # ground truth carried as a PoseEstimate (bags): xyxy box, visibility
-                obj_id, vis, xyxy = g.object_id, g.visibility, np.asarray(g.bbox_xyxy, float)
-            else:  # BOP GtInstance: (x, y, w, h) visible box, visib_fract
-                obj_id, vis, b = g.obj_id, g.visib_fract, g.bbox_visib
-                xyxy = None if b is None else np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], float)
+            obj_id, vis, xyxy = _truth(g)
             if xyxy is None or xyxy[2] <= xyxy[0] or (vis is not None and vis < self.min_visib):
                 continue
             truth.append((obj_id, xyxy))
@@ -67,7 +73,7 @@ class Report:
         out = self.targets.setdefault(stage, [])
         used: set[int] = set()
         for g in gts:
-            gid = g.obj_id if hasattr(g, "obj_id") else g.object_id  # BOP GtInstance or PoseEstimate
+            gid, true_vis, _ = _truth(g)
             if gid not in registry.ids:
                 continue
             obj = registry[gid]
@@ -89,9 +95,6 @@ class Report:
                 res.mssd = mssd(e.R, e.t, g.R, g.t, pts, sym)
                 res.mspd = mspd(e.R, e.t, g.R, g.t, pts, sym, K)
                 res.cm_deg = cm_degree(e.R, e.t, g.R, g.t)
-                true_vis = getattr(g, "visib_fract", None)
-                if true_vis is None and hasattr(g, "object_id"):
-                    true_vis = g.visibility  # ground truth carried as a PoseEstimate (bags)
                 if true_vis is not None:
                     res.vis_err = abs(float(e.visibility) - float(true_vis))
             out.append(res)

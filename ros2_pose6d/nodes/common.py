@@ -7,7 +7,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 
 from ros2_pose6d.estimation.types import FrameError
-from ros2_pose6d.io.ros_convert import ConversionError, frame_from_msgs  # noqa: F401 - re-exported for the nodes
+from ros2_pose6d.io.ros_convert import ConversionError
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.params import ParamSpec, validate
 from ros2_pose6d.runtime.sync_monitor import SyncMonitor

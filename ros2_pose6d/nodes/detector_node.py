@@ -8,10 +8,10 @@ import time
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
+from ros2_pose6d.io.ros_convert import frame_from_msgs
 from ros2_pose6d.nodes.common import (
     CONVERSION_ERRORS,
     declare_params,
-    frame_from_msgs,
     run_node,
     skip,
     start_worker,

@@ -16,10 +16,10 @@ from tf2_ros import TransformBroadcaster
 from vision_msgs.msg import Detection3DArray, VisionInfo
 from visualization_msgs.msg import MarkerArray
 
+from ros2_pose6d.io.ros_convert import frame_from_msgs
 from ros2_pose6d.nodes.common import (
     CONVERSION_ERRORS,
     declare_params,
-    frame_from_msgs,
     run_node,
     skip,
     start_worker,
