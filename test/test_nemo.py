@@ -116,6 +116,15 @@ def test_occlusion_map_marks_the_occluder_and_visibility_follows(registry, meshe
     assert abs(visibility - true_vis) <= 0.15
 
 
+def test_zoom_window_points_span_each_whole_mesh(meshes):
+    """The points that size NeMo's zoom windows (training and refinement alike) reach every extreme of the
+    simplified mesh; a prefix of the vertex list covered only a slab of the object."""
+    pts = meshes.extent_points(torch.arange(len(meshes.meshes)))
+    for i, m in enumerate(meshes.meshes):
+        full = np.ptp(np.asarray(m.vertices), 0)
+        assert np.all(np.ptp(pts[i].numpy(), 0) >= 0.9 * full), (i, np.ptp(pts[i].numpy(), 0), full)
+
+
 def test_visible_vertices_are_the_front_ones(registry, meshes):
     R = torch.eye(3)[None]
     t = torch.tensor([[0.0, 0.0, 0.7]])

@@ -80,8 +80,7 @@ class NemoRefiner:
     def crops(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
               est_boxes: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Zoom windows (N, 4), crops (N, 3, H, W) and crop intrinsics (N, 3, 3) around the start poses."""
-        pts = torch.stack([torch.as_tensor(self.meshes.meshes[int(i)].vertices[:: max(1, len(
-            self.meshes.meshes[int(i)].vertices) // 200)][:200], device=self.device) for i in mesh_idx])
+        pts = self.meshes.extent_points(mesh_idx).to(self.device)
         windows = zoom_window(pts, R, t, K, est_boxes, self.cfg.input_size, self.cfg.zoom_scale)
         return windows, crop_resize(images, windows, self.cfg.input_size), crop_resize_intrinsics(K, windows,
                                                                                                  self.cfg.input_size)
