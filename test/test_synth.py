@@ -102,3 +102,27 @@ def test_config_errors_name_the_key():
         build_config(SynthConfig, {"distance": "far"})
     with pytest.raises(ConfigError, match="distance"):
         build_config(SynthConfig, {"distance": [2.0, 1.0]})
+
+
+def test_backgrounds_are_valid_images_and_clutter_has_sharp_edges():
+    """Every background kind is a (h, w, 3) float image in [0, 1]; the clutter kind exists for its edges (real
+    desks are full of them), so its gradient energy must clearly exceed every other kind's."""
+    import cv2
+    from ros2_pose6d.training.synth import backgrounds
+
+    def edge_energy(img: np.ndarray) -> float:
+        grey = img.mean(-1)
+        gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
+        return float(np.abs(gx).mean() + np.abs(gy).mean())
+
+    energies = {}
+    for kind in backgrounds.KINDS:
+        imgs = [kind(np.random.default_rng(s), 96, 128) for s in range(6)]
+        for img in imgs:
+            assert img.shape == (96, 128, 3) and img.dtype == np.float32
+            assert img.min() >= 0 and img.max() <= 1
+        energies[kind.__name__] = np.mean([edge_energy(i) for i in imgs])
+    others = [e for k, e in energies.items() if k != "_clutter"]
+    assert energies["_clutter"] > 1.5 * max(others), energies
+    out = backgrounds.random_background(np.random.default_rng(0), 96, 128)
+    assert out.shape == (96, 128, 3) and out.dtype == np.float32

@@ -48,11 +48,51 @@ def _shapes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-KINDS = (_value_noise, _gradient, _tiles, _shapes)
+def _clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A desk-like jumble: many overlapping polygons, ellipses and strokes at several scales, some filled with
+    noise texture, with sharp edges and thin dark/light lines. Real scenes (LM-O: a cluttered desk, printed
+    markers, cables) are full of high-frequency edges that smooth noise or gradients never show."""
+    def muted(c: np.ndarray) -> np.ndarray:  # real clutter is mostly greys, browns and pale colours
+        grey = c.mean(-1, keepdims=True)
+        return grey + rng.uniform(0.1, 0.8) * (c - grey)
+
+    img = np.ascontiguousarray(muted(_value_noise(rng, h, w) * 0.5 + rng.random(3).astype(np.float32) * 0.5))
+    for scale in (4, 8, 16):  # large shapes first, small ones on top
+        for _ in range(int(rng.integers(8, 25))):
+            colour = tuple(float(c) for c in muted(rng.random(3)))
+            centre = np.array([rng.integers(0, w), rng.integers(0, h)])
+            r = max(3, int(rng.integers(max(w, h) // (2 * scale), max(w, h) // scale + 1)))
+            layer = np.zeros((h, w), np.uint8)
+            kind = rng.random()
+            if kind < 0.4:
+                pts = centre + rng.normal(0, r, (int(rng.integers(3, 7)), 2))
+                cv2.fillPoly(layer, [pts.round().astype(np.int32)], 1)
+            elif kind < 0.7:
+                axes = (int(rng.integers(2, r + 1)), int(rng.integers(2, r + 1)))
+                cv2.ellipse(layer, (int(centre[0]), int(centre[1])), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            else:
+                end = centre + rng.normal(0, 2 * r, 2)
+                cv2.line(layer, (int(centre[0]), int(centre[1])), (int(end[0]), int(end[1])), 1,
+                         int(rng.integers(1, max(2, r // 3))))
+            m = layer.astype(bool)
+            if rng.random() < 0.4:  # textured fill
+                tex = muted(_value_noise(rng, h, w) if rng.random() < 0.5 else _tiles(rng, h, w))
+                img[m] = tex[m]
+            else:
+                img[m] = colour
+    for _ in range(int(rng.integers(3, 15))):  # thin edges: cables, print, table borders
+        p0 = np.array([rng.integers(0, w), rng.integers(0, h)])
+        p1 = p0 + rng.normal(0, max(w, h) / 6, 2)
+        cv2.line(img, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), (float(rng.uniform(0, 1)),) * 3, 1)
+    return np.clip(img, 0, 1)
+
+
+KINDS = (_value_noise, _gradient, _tiles, _shapes, _clutter)
 
 
 def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) float32 RGB in [0, 1], one of noise / gradient / tiles / shapes, mixed with noise."""
+    """(h, w, 3) float32 RGB in [0, 1], one of noise / gradient / tiles / shapes / clutter, mixed with
+    noise."""
     kind = KINDS[int(rng.integers(len(KINDS)))]
     img = kind(rng, h, w)
     if kind is not _value_noise:
