@@ -109,6 +109,24 @@ def test_config_errors_name_the_key():
         build_task(cfg, None)
 
 
+def test_several_training_splits_are_one_dataset(registry, split, tmp_path):
+    """data.train may list splits (e.g. two generate runs with other backgrounds): the dataset holds every
+    instance of each, in the order given; an empty list is refused."""
+    from ros2_pose6d.training.datasets import DetectionDataset, EmptyDatasetError, InstanceDataset
+
+    one = InstanceDataset(str(split), registry)
+    both = InstanceDataset([str(split), str(split)], registry)
+    assert len(both) == 2 * len(one)
+    a, b = both[0], both[len(one)]
+    assert a.label == b.label and torch.equal(a.R, b.R)
+    det = DetectionDataset([str(split), str(split)], registry, (48, 64))
+    assert len(det) == 2 * len(DetectionDataset(str(split), registry, (48, 64)))
+    with pytest.raises(EmptyDatasetError):
+        InstanceDataset([], registry)
+    cfg = build_config(TrainConfig, {"data": {"train": [str(split), str(split)]}})
+    assert cfg.data.train == [str(split), str(split)]
+
+
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 

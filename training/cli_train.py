@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("data.train is not set: give the BOP split to train on (e.g. from pose6d-generate)")
     base = args.config.parent
     resolve = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() and (base / p).exists() else p  # noqa: E731
-    cfg.data.train, cfg.data.objects, cfg.data.models_dir = (resolve(cfg.data.train), resolve(cfg.data.objects),
-                                                             resolve(cfg.data.models_dir))
+    train = cfg.data.train
+    cfg.data.train = [resolve(p) for p in train] if isinstance(train, list) else resolve(train)
+    cfg.data.objects, cfg.data.models_dir = resolve(cfg.data.objects), resolve(cfg.data.models_dir)
     if cfg.data.models_dir:
         registry = ObjectRegistry.from_bop_models(cfg.data.models_dir)
     else:

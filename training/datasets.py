@@ -7,7 +7,9 @@ index, normalised visible box (cxcywh), pose and visib_fract. Refiner samples: o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +24,15 @@ from ros2_pose6d.objects.registry import ObjectRegistry
 
 class EmptyDatasetError(ValueError):
     """A dataset with no usable samples; the message says where it looked."""
+
+
+def read_splits(split_dirs: str | Sequence[str]) -> list[BopScene]:
+    """The scenes of one BOP split folder or of several (e.g. two ``pose6d-generate`` runs with different
+    backgrounds), in the order given."""
+    dirs = [split_dirs] if isinstance(split_dirs, (str, Path)) else list(split_dirs)
+    if not dirs:
+        raise EmptyDatasetError("no training split given")
+    return [scene for d in dirs for scene in read_bop_split(d, load_depth=False)]
 
 
 def _index(scenes: list[BopScene], registry: ObjectRegistry, min_visib: float) -> list[tuple[int, int]]:
@@ -58,9 +69,9 @@ class DetectionSample:
 
 
 class DetectionDataset(Dataset):
-    def __init__(self, split_dir: str, registry: ObjectRegistry, image_size: tuple[int, int],
+    def __init__(self, split_dir: str | Sequence[str], registry: ObjectRegistry, image_size: tuple[int, int],
                  min_visib: float = 0.1, jitter: float = 0.0, seed: int = 0) -> None:
-        self.scenes = read_bop_split(split_dir, load_depth=False)
+        self.scenes = read_splits(split_dir)
         self.registry, self.image_size = registry, image_size
         self.min_visib, self.jitter, self.seed = min_visib, jitter, seed
         self.items = _index(self.scenes, registry, min_visib)
@@ -122,9 +133,9 @@ class InstanceSample:
 class InstanceDataset(Dataset):
     """Every annotated instance with visib_fract >= min_visib, for the refiners."""
 
-    def __init__(self, split_dir: str, registry: ObjectRegistry, min_visib: float = 0.2, jitter: float = 0.0,
-                 seed: int = 0) -> None:
-        self.scenes = read_bop_split(split_dir, load_depth=False)
+    def __init__(self, split_dir: str | Sequence[str], registry: ObjectRegistry, min_visib: float = 0.2,
+                 jitter: float = 0.0, seed: int = 0) -> None:
+        self.scenes = read_splits(split_dir)
         self.registry, self.jitter, self.seed = registry, jitter, seed
         self.items = []
         for si, scene in enumerate(self.scenes):

@@ -40,7 +40,7 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # BOP split folder (e.g. made by pose6d-generate)
+    train: str | list[str] = ""  # BOP split folder (e.g. made by pose6d-generate), or a list of them
     val: str | None = None
     objects: str | None = None  # objects.yaml (default: the shipped demo set)
     models_dir: str | None = None  # or a BOP models/ folder
