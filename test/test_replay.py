@@ -191,14 +191,11 @@ def test_bop2bag_then_replay_matches_evaluate_on_lmo(tmp_path):
     det_cfg = SmopeConfig(DET.backbone, DET.transformer, DET.points, image_size=(96, 128))
     save_weights(tmp_path / "det.safetensors", SmopeNet(det_cfg), "smope", {"model": to_dict(det_cfg)})
     save_weights(tmp_path / "dim.safetensors", DeepimNet(DIM), "deepim", {"model": to_dict(DIM)})
-    objects = tmp_path / "objects.yaml"
-    objects.write_text(f"name: lmo\nmodels_dir: {LMO / 'models'}\nobjects:\n" + "".join(
-        f"  - {{id: {o.obj_id}, name: {o.name}}}\n" for o in registry))
     assert bop_to_bag(LMO / "test" / "000002", tmp_path / "bag", max_frames=3, progress=False) == 3
     common = ["--detector", str(tmp_path / "det.safetensors"), "--deepim", str(tmp_path / "dim.safetensors"),
               "--score-threshold", "0.0", "--refiner", "deepim"]
     r1 = subprocess.run([sys.executable, "-m", "ros2_pose6d.cli.replay", str(tmp_path / "bag"), "--out",
-                         str(tmp_path / "replay"), "--objects", str(objects), "--no-video", *common],
+                         str(tmp_path / "replay"), "--models-dir", str(LMO / "models"), "--no-video", *common],
                         capture_output=True, text=True, timeout=900)
     assert r1.returncode == 0, r1.stderr[-3000:]
     split = tmp_path / "split"

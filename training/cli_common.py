@@ -1,31 +1,16 @@
-"""Shared pieces of the training CLIs: object set selection, config loading with overrides, and the
-one-line error exit."""
+"""Shared pieces of the training CLIs: config loading with overrides and the one-line error exit (the object
+set arguments are ros2_pose6d.cli.object_args, shared with replay)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from ros2_pose6d.config import ConfigError, apply_overrides, build_config, load_yaml
-from ros2_pose6d.objects.registry import ObjectRegistry
-from ros2_pose6d.resources import default_objects_yaml
 
 T = TypeVar("T")
-
-
-def add_object_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--objects", type=Path, help="objects.yaml (default: the shipped demo objects)")
-    group.add_argument("--models-dir", type=Path, help="a BOP models/ folder (models_info.json + obj_XXXXXX.ply)")
-
-
-def load_registry(args: argparse.Namespace) -> ObjectRegistry:
-    if getattr(args, "models_dir", None):
-        return ObjectRegistry.from_bop_models(args.models_dir)
-    return ObjectRegistry.from_yaml(args.objects or default_objects_yaml())
 
 
 def load_config(cls: type[T], path: Path | None, overrides: list[str], section: str | None = None) -> T:

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ros2_pose6d.training.cli_common import add_object_args, load_registry, run_cli
+from ros2_pose6d.training.cli_common import run_cli
 from tqdm import tqdm
+
+from ros2_pose6d.cli.object_args import add_object_args, load_registry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,9 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
-from ros2_pose6d.training.cli_common import add_object_args, load_config, load_registry, run_cli
+from ros2_pose6d.training.cli_common import load_config, run_cli
 from ros2_pose6d.training.synth import SynthConfig, generate_dataset
 from ros2_pose6d.training.synth.generate import GenerationError
+
+from ros2_pose6d.cli.object_args import add_object_args, load_registry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

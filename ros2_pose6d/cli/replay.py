@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ros2_pose6d.cli.object_args import add_object_args, load_registry
 from ros2_pose6d.estimation.pipeline import Pipeline
 from ros2_pose6d.estimation.types import FrameError
 from ros2_pose6d.eval.report import Report
@@ -177,14 +178,14 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--iterations", type=int, help="refiner iterations / steps")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--objects", type=Path, help="objects.yaml (default: the shipped demo objects)")
+    add_object_args(p)
 
 
 def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
     from ros2_pose6d.estimation.pipeline import PipelineConfig
-    from ros2_pose6d.resources import default_objects_yaml, weights_dir
+    from ros2_pose6d.resources import weights_dir
 
-    registry = ObjectRegistry.from_yaml(args.objects or default_objects_yaml())
+    registry = load_registry(args)
     wd = weights_dir()
     cfg = PipelineConfig(detector_weights=str(args.detector or wd / "detector_demo.safetensors"),
                          refiner=args.refiner, deepim_weights=str(args.deepim or wd / "deepim_demo.safetensors"),
