@@ -97,6 +97,33 @@ def test_optimisation_from_a_perturbed_pose_reduces_the_error(registry, meshes):
     assert err_r < 0.5 * err_r0 and err_t < 0.5 * err_t0, (np.rad2deg([err_r0, err_r]), err_t0, err_t)
 
 
+def test_pose_prior_holds_the_start_pose_in_proportion_to_its_weight(registry, meshes):
+    """MAP refinement: a strong prior around the start pose keeps it there, a weak one still lets the image
+    evidence pull the pose towards the truth; the returned loss is the data term alone (the fit error)."""
+    from dataclasses import replace
+    vf, clutter = _bank(meshes.num_vertices)
+    idx = torch.tensor([1])
+    R_gt = rotation_about_axis(torch.tensor([[0.3, 1.0, 0.2]]), torch.tensor([0.8]))
+    t_gt = torch.tensor([[0.01, -0.01, 0.75]])
+    feats, _ = _ideal_features(meshes, vf, clutter, idx, R_gt, t_gt)
+    R0 = rotation_about_axis(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([float(np.deg2rad(20.0))])) @ R_gt
+    t0 = t_gt + torch.tensor([[0.02, -0.015, 0.015]])
+    moved = {}
+    for weight in (0.0, 0.002, 1e4):
+        ref = _refiner(registry, meshes, vf, clutter)
+        ref.cfg = replace(ref.cfg, prior_weight=weight)
+        R, t, loss, _, _ = ref.optimise(feats, Kf, idx, R0, t0, steps=80, hypotheses=3)
+        moved[weight] = (float(geodesic_angle(R, R0)), float((t - t0).norm()))
+        clog = clutter_score(feats, ref.model.bank.clutter, 0.1)
+        data_term = render_compare(meshes, vf, feats, clog, idx, R, t, Kf, 0.1)[0]
+        torch.testing.assert_close(loss, data_term)
+        if weight == 0.002:
+            assert float(geodesic_angle(R, R_gt)) < 0.25 * float(geodesic_angle(R0, R_gt))
+            assert float((t - t_gt).norm()) < 0.25 * float((t0 - t_gt).norm())
+    assert moved[1e4][0] < np.deg2rad(1.0) and moved[1e4][1] < 0.002, moved
+    assert moved[0.002][0] < moved[0.0][0] + 1e-6 or moved[0.002][1] < moved[0.0][1] + 1e-6, moved
+
+
 def test_occlusion_map_marks_the_occluder_and_visibility_follows(registry, meshes):
     vf, clutter = _bank(meshes.num_vertices)
     ref = _refiner(registry, meshes, vf, clutter)

@@ -186,7 +186,6 @@ LMO = REPO.parent / "shared" / "data" / "lmo"
 def test_bop2bag_then_replay_matches_evaluate_on_lmo(tmp_path):
     """The same frames through replay (via a bag) and through evaluate (BOP files) give the same metrics."""
     from ros2_pose6d.config import to_dict
-    registry = ObjectRegistry.from_bop_models(LMO / "models")
     torch.manual_seed(0)
     det_cfg = SmopeConfig(DET.backbone, DET.transformer, DET.points, image_size=(96, 128))
     save_weights(tmp_path / "det.safetensors", SmopeNet(det_cfg), "smope", {"model": to_dict(det_cfg)})

@@ -87,8 +87,9 @@ class NemoRefiner:
 
     def optimise(self, features: Tensor, K_feat: Tensor, mesh_idx: Tensor, R0: Tensor, t0: Tensor,
                  steps: int, hypotheses: int):
-        """Gradient descent from (R0, t0) (N, ...) and rotated starts; returns the best R, t, loss (N,),
-        occlusion map and rendered mask (N, h, w) at the best pose."""
+        """Gradient descent from (R0, t0) (N, ...) and rotated starts; returns the best R, t (lowest loss plus
+        prior), the loss (N,) there (the data term alone: the fit error), occlusion map and rendered mask
+        (N, h, w) at the best pose."""
         N = len(mesh_idx)
         Hn = max(1, hypotheses)
         starts = hypothesis_rotations(Hn, self.device)  # (Hn, 3, 3)
@@ -103,6 +104,9 @@ class NemoRefiner:
         delta = torch.zeros(Hn * N, 3, device=self.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": [omega], "lr": self.cfg.lr_rotation},
                                 {"params": [delta], "lr": self.cfg.lr_translation}])
+        R0_all = R0.repeat(Hn, 1, 1)
+        sigma_r = math.radians(self.cfg.prior_sigma_rotation_deg)
+        sigma_t = torch.tensor(self.cfg.prior_sigma_translation, device=self.device)
         best_loss = torch.full((Hn * N,), float("inf"), device=self.device)
         best_R, best_t = Rs.clone(), ts.clone()
         alive = torch.ones(Hn * N, dtype=torch.bool, device=self.device)
@@ -118,6 +122,11 @@ class NemoRefiner:
             t = ts + delta
             loss, _, _ = render_compare(self.meshes, bank.vertex_features, feats, clutter_log, idx, R, t, Kf,
                                         self.cfg.temperature)
+            if self.cfg.prior_weight > 0:  # distance from the given pose (a rotated start is already off it);
+                # |R - R0|_F^2 = 4 (1 - cos angle) ~ 2 angle^2, smooth at 0 where the angle's gradient is not
+                rot_sq = (R - R0_all).square().flatten(1).sum(1) / 2
+                mahalanobis = rot_sq / sigma_r**2 + (delta / sigma_t).square().sum(1)
+                loss = loss + self.cfg.prior_weight * 0.5 * mahalanobis
             with torch.no_grad():
                 better = alive & torch.isfinite(loss) & (loss < best_loss)
                 best_loss = torch.where(better, loss, best_loss)
