@@ -128,3 +128,33 @@ def test_detection_ap50_on_hand_cases():
     ap = DetectionAP()
     ap.add([(1, 0.9, box), (1, 0.8, box)], [(1, box)])  # a duplicate does not match twice
     assert ap.dets[1] == [(0.9, True), (0.8, False)]
+
+
+def test_report_matches_targets_and_prints_no_value_as_a_dash():
+    """Hand case: object 1 found exactly (ADD recall 1, visibility 0.5 vs true 0.8 -> MAE 0.3), object 2 missed
+    (recall 0, no visibility error to average: '-' in the table, NaN in the summary), an estimate of an
+    object that is not in the frame matches nothing."""
+    import math
+
+    from conftest import REPO
+
+    from ros2_pose6d.estimation.types import PoseEstimate
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    a, b, c = registry.ids[:3]
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    t1, t2 = np.array([0.0, 0.0, 0.6]), np.array([0.1, 0.0, 0.7])
+    gts = [GtInstance(a, np.eye(3), t1, visib_fract=0.8), GtInstance(b, np.eye(3), t2, visib_fract=1.0)]
+    estimates = [PoseEstimate(a, np.eye(3), t1.copy(), visibility=0.5), PoseEstimate(c, np.eye(3), t2.copy())]
+    report = Report(image_width=320)
+    report.add_frame("refined", estimates, gts, K, registry)
+    s_a, s_b = report.summary("refined", a), report.summary("refined", b)
+    assert s_a["n"] == 1 and s_a["ADD(-S) 0.1d"] == 1.0 and s_a["proj 5px"] == 1.0 and s_a["5cm5deg"] == 1.0
+    assert s_a["vis MAE"] == pytest.approx(0.3)
+    assert s_b["ADD(-S) 0.1d"] == 0.0 and math.isnan(s_b["vis MAE"])
+    overall = report.summary("refined")
+    assert overall["n"] == 2 and overall["ADD(-S) 0.1d"] == 0.5 and overall["vis MAE"] == pytest.approx(0.3)
+    rows = {line.split()[0]: line.split() for line in report.table(registry).splitlines()[1:]}
+    assert rows[registry[b].name[:13]][-1] == "-" and rows["ALL"][-1] == "0.300"

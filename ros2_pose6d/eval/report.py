@@ -117,19 +117,20 @@ class Report:
     def table(self, registry: ObjectRegistry) -> str:
         """Plain-text table: one row per object and stage, then the overall rows."""
         cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR", "vis MAE"]
+
+        def cell(c: str, v: float) -> str:  # vis MAE has no value when no estimate matched a target: '-'
+            return f"{v:>14d}" if c == "n" else f"{'-':>14}" if math.isnan(v) else f"{v:>14.3f}"
         lines = [f"{'object':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in cols)]
         for obj_id in sorted({r.obj_id for rows in self.targets.values() for r in rows}):
             name = registry[obj_id].name
             for stage in self.targets:
                 s = self.summary(stage, obj_id)
                 if s:
-                    lines.append(f"{name[:13]:<14}{stage:<10}" + "".join(
-                        f"{s[c]:>14d}" if c == "n" else f"{s[c]:>14.3f}" for c in cols))
+                    lines.append(f"{name[:13]:<14}{stage:<10}" + "".join(cell(c, s[c]) for c in cols))
         for stage in self.targets:
             s = self.summary(stage)
             if s:
-                lines.append(f"{'ALL':<14}{stage:<10}" + "".join(
-                    f"{s[c]:>14d}" if c == "n" else f"{s[c]:>14.3f}" for c in cols))
+                lines.append(f"{'ALL':<14}{stage:<10}" + "".join(cell(c, s[c]) for c in cols))
         if self.detection.num_gt:
             mean, per = self.detection.ap50()
             lines.append(f"box AP50 (detector): {mean:.3f}  (" + ", ".join(
