@@ -32,9 +32,9 @@ class NemoConfig:
     lr_rotation: float = 0.05  # Adam step on the axis-angle update [rad]
     lr_translation: float = 0.004  # Adam step on the translation update [m]
     hypotheses: int = 1  # 1 = start from the given pose only; more adds rotated starts (+-30 deg about z, x)
-    # Gaussian prior around the start pose (MAP instead of maximum likelihood): weight x 0.5 x squared
-    # Mahalanobis distance of the update, added to the per-pixel loss; 0 = off. It holds the pose where the
-    # features say little (flat directions of the loss) and lets strong evidence move it.
+    # Gaussian prior around the start pose (MAP instead of maximum likelihood): weight x 0.5 x the squared
+    # Mahalanobis distance of the pose from the start pose, added to the loss (a mean over the crop's pixels);
+    # 0 = off. It holds the pose where the features say little and lets strong evidence move it.
     prior_weight: float = 0.0
     prior_sigma_rotation_deg: float = 15.0
     prior_sigma_translation: tuple[float, float, float] = (0.01, 0.01, 0.05)  # [m], camera x, y, z
