@@ -33,13 +33,15 @@ class NeuralMeshes:
         self.device = torch.device(device)
         self.num_vertices = int(self.renderer.num_verts.sum())
         self.diameters = torch.tensor([o.diameter for o in registry], device=self.device, dtype=dtype)
+        # 200 vertices spread over each whole mesh (evenly spaced indices), built once: see extent_points
+        self._extent = torch.stack([torch.as_tensor(
+            m.vertices[np.linspace(0, len(m.vertices) - 1, 200).round().astype(np.int64)], dtype=dtype)
+            for m in self.meshes]).to(self.device)
 
-    def extent_points(self, mesh_idx: Tensor, count: int = 200) -> Tensor:
-        """(N, count, 3) vertices spread over each whole mesh (evenly spaced indices), for the boxes that size
-        zoom windows: a prefix or a strided prefix of the vertex list covers only a slab of the object."""
-        picks = [np.linspace(0, len(m.vertices) - 1, count).round().astype(np.int64) for m in self.meshes]
-        return torch.stack([torch.as_tensor(self.meshes[int(i)].vertices[picks[int(i)]], device=self.device)
-                            for i in mesh_idx])
+    def extent_points(self, mesh_idx: Tensor) -> Tensor:
+        """(N, 200, 3) vertices spread over each whole mesh, for the boxes that size zoom windows: a prefix or
+        a strided prefix of the vertex list covers only a slab of the object."""
+        return self._extent[mesh_idx.to(self.device)]
 
     def neighbour_mask(self, exclusion: float) -> list[Tensor]:
         """Per object (V_i, V_i) bool: vertex pairs closer than ``exclusion`` x diameter (not negatives)."""

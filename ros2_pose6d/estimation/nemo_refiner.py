@@ -80,7 +80,7 @@ class NemoRefiner:
     def crops(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
               est_boxes: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Zoom windows (N, 4), crops (N, 3, H, W) and crop intrinsics (N, 3, 3) around the start poses."""
-        pts = self.meshes.extent_points(mesh_idx).to(self.device)
+        pts = self.meshes.extent_points(mesh_idx)
         windows = zoom_window(pts, R, t, K, est_boxes, self.cfg.input_size, self.cfg.zoom_scale)
         return windows, crop_resize(images, windows, self.cfg.input_size), crop_resize_intrinsics(K, windows,
                                                                                                  self.cfg.input_size)

@@ -80,7 +80,7 @@ class NemoTask(TaskBase):
         meshes = self._meshes(device)
         with torch.no_grad():
             R_p, t_p = perturb_poses(R_gt, t_gt, gen, lc.rot_std_deg, lc.trans_std)
-            pts = meshes.extent_points(label).to(device)
+            pts = meshes.extent_points(label)
             windows = zoom_window(pts, R_p, t_p, K, None, mc.input_size, mc.zoom_scale)
             crops = crop_resize(images, windows, mc.input_size)
             Kf = feature_intrinsics(crop_resize_intrinsics(K, windows, mc.input_size), mc.input_size, mc.stride)
