@@ -17,7 +17,7 @@ from ros2_pose6d.training.tasks import build_task
 from ros2_pose6d.training.trainer import StepBatchSampler, TrainConfig, Trainer
 
 from ros2_pose6d.config import ConfigError, apply_overrides, build_config, load_yaml
-from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, read_metadata
+from ros2_pose6d.nets.checkpoint import CheckpointError, compact_weights, load_weights, read_metadata, save_weights
 from ros2_pose6d.objects.registry import ObjectRegistry
 
 CONFIGS = REPO / "training" / "configs"
@@ -95,6 +95,29 @@ def test_weights_from_another_architecture_are_refused(registry, split, tmp_path
     with pytest.raises(CheckpointError, match="do not fit"):
         load_weights(tmp_path / "final.safetensors", small.model, "deepim")
 
+
+def test_compacted_weights_load_as_float32_with_half_precision_values(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.BatchNorm1d(64))
+    save_weights(tmp_path / "w.safetensors", net, "toy", {"model": {"a": 1}}, {"step": 7},
+                 extra_tensors={"bank": torch.randn(5, 4)})
+    compact_weights(tmp_path / "w.safetensors", tmp_path / "h.safetensors")
+    assert read_metadata(tmp_path / "h.safetensors") == read_metadata(tmp_path / "w.safetensors")
+    assert (tmp_path / "h.safetensors").stat().st_size < 0.6 * (tmp_path / "w.safetensors").stat().st_size
+    other = torch.nn.Sequential(torch.nn.Linear(256, 64), torch.nn.BatchNorm1d(64))
+    _, _, extra = load_weights(tmp_path / "h.safetensors", other, "toy")
+    assert extra["bank"].dtype == torch.float32 and other[0].weight.dtype == torch.float32
+    for a, b in zip(net.state_dict().values(), other.state_dict().values()):
+        assert a.dtype == b.dtype  # the int64 BatchNorm counter stays an integer
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+    assert not torch.equal(other[0].weight, net[0].weight)  # really stored in half precision
+
+    with torch.no_grad():
+        net[0].weight[0, 0] = 1e6  # beyond float16's 65504
+    save_weights(tmp_path / "big.safetensors", net, "toy", {})
+    with pytest.raises(CheckpointError, match="float16 range"):
+        compact_weights(tmp_path / "big.safetensors", tmp_path / "big_h.safetensors")
+    assert not (tmp_path / "big_h.safetensors").exists()
 
 def test_config_errors_name_the_key():
     data = load_yaml(CONFIGS / "detector_tiny.yaml")

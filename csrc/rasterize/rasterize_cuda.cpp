@@ -17,7 +17,10 @@ std::vector<at::Tensor> rasterize_cuda(const at::Tensor& verts, const at::Tensor
   if (B == 0) return {face_id, depth};
   // face -> image index, from the offsets.
   const auto counts = face_offsets.slice(0, 1) - face_offsets.slice(0, 0, B);
-  const auto face_image = at::repeat_interleave(at::arange(B, face_offsets.options()), counts, F);
+  // (self, repeats, dim, output_size): F is the output size, not the dim (passing it third was the bug
+  // the first real-GPU run found: 'Dimension out of range')
+  const auto face_image = at::repeat_interleave(at::arange(B, face_offsets.options()), counts, /*dim=*/0,
+                                                /*output_size=*/F);
   auto keys = at::full({B, height, width}, -1, faces.options());  // all bits set = empty
   void* stream = at::cuda::getCurrentCUDAStream().stream();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_cuda", [&] {

@@ -54,7 +54,9 @@ def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, 
     found, config, meta = read_metadata(path)
     if found != arch:
         raise CheckpointError(f"{path}: holds '{found}' weights, expected '{arch}'")
-    tensors = load_file(str(path))
+    # shipped files may hold float16 (see compact_weights); the networks compute in float32
+    tensors = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+               for k, v in load_file(str(path)).items()}
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     state = {k: v for k, v in tensors.items() if not k.startswith("extra.")}
     own = module.state_dict()
@@ -81,3 +83,26 @@ def read_model_config(path: str | Path, arch: str) -> dict:
     if found != arch:
         raise CheckpointError(f"{path}: holds '{found}' weights, expected '{arch}'")
     return config.get("model", config)
+
+
+def compact_weights(src: str | Path, dst: str | Path) -> None:
+    """Copy a weights file with its float32 tensors stored as float16 (half the size, for the shipped
+    weights and the 16 MiB transfer limit); metadata kept, ``load_weights`` reads them back as float32.
+
+    Refuses tensors that float16 would overflow (a clear error, not silently infinite weights).
+    """
+    src, dst = Path(src), Path(dst)
+    read_metadata(src)  # a ros2_pose6d weights file, or CheckpointError
+    with safe_open(str(src), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = {}
+    for k, v in load_file(str(src)).items():
+        if v.dtype == torch.float32:
+            if v.numel() and float(v.abs().max()) > torch.finfo(torch.float16).max:
+                raise CheckpointError(f"{src}: tensor {k} exceeds the float16 range; cannot compact")
+            v = v.half()
+        tensors[k] = v.contiguous()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, dst)
