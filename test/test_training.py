@@ -5,8 +5,10 @@ CLIs fail with one clear line."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -170,6 +172,29 @@ def test_train_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "no instance" in r.stderr
     assert not (tmp_path / "out").exists()  # nothing left behind
 
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(split, tmp_path):
+    """A scheduler's SIGTERM (or kill -INT of a background run) keeps the steps done so far."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "ros2_pose6d.training.cli_train", str(CONFIGS / "deepim_tiny.yaml"), "--no-progress",
+            "--set", f"data.train={split}", "--set", f"out_dir={out}", "--set", "optim.steps=100000",
+            "--set", "optim.ckpt_every=100000"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    tb, t0 = out / "tb", time.time()
+    while proc.poll() is None and not (tb.is_dir() and any(tb.iterdir())) and time.time() - t0 < 300:
+        time.sleep(0.2)  # until the training loop has started
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = read_metadata(out / "last.safetensors")[2]["step"]
+    r = _cli("ros2_pose6d.training.cli_train", str(CONFIGS / "deepim_tiny.yaml"), "--no-progress",
+             "--set", f"data.train={split}", "--set", f"out_dir={out}", "--set", f"optim.steps={step + 1}")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming deepim from step {step} " in r.stdout and read_metadata(out / "final.safetensors")[2]["step"] \
+        == step + 1
 
 def test_generate_cli_missing_mesh_is_one_line_and_leaves_nothing(tmp_path):
     models = tmp_path / "models"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from ros2_pose6d.training.cli_common import run_cli
@@ -21,6 +22,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in out_dir")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def _stop_like_ctrl_c(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (``kill``, batch schedulers before preemption) and SIGINT stop training as Ctrl-C does: a
+    checkpoint at the current step, then exit 130, so resume loses nothing. SIGINT is re-armed because a
+    shell starts background jobs with it ignored, which made ``kill -INT`` of a ``... &`` run a no-op."""
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    signal.signal(signal.SIGINT, _stop_like_ctrl_c)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.step >= cfg.optim.steps:
         print(f"already trained for {trainer.step} steps (optim.steps = {cfg.optim.steps}); nothing to do")
         return 0
+    stop_on_signals()
     losses = trainer.train()
     if trainer.rank == 0 and losses:
         print(f"trained {cfg.task} to step {trainer.step}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
