@@ -144,8 +144,8 @@ def cuda_table(args: argparse.Namespace) -> None:
         K = camera(h, w)
         for label in ("1k", "10k") if args.quick else ("1k", "10k", "100k"):
             v, f = make_mesh(label)
+            s = RasterSettings(h, w)
             for batch in batches:
-                s = RasterSettings(h, w)
                 a = batch_inputs(v, f, K, batch, device="cuda")
 
                 def run(a=a, s=s):
@@ -156,6 +156,7 @@ def cuda_table(args: argparse.Namespace) -> None:
                 tc = timed(lambda c=c, s=s: rasterize(*c, s), 1) if batch <= 64 else None
                 cpu_s, ratio = (f"{tc * 1e3:9.2f}", f"{tc / t:8.1f}x") if tc else (f"{'-':>9}", f"{'-':>9}")
                 print(f"{f'{w}x{h}':>8} {len(f):>6} {batch:>5} {t * 1e3:9.3f} {cpu_s} {ratio} {batch / t:10.0f}")
+
 
 if __name__ == "__main__":
     main()
