@@ -17,8 +17,8 @@ std::vector<at::Tensor> rasterize_cuda(const at::Tensor& verts, const at::Tensor
   if (B == 0) return {face_id, depth};
   // face -> image index, from the offsets.
   const auto counts = face_offsets.slice(0, 1) - face_offsets.slice(0, 0, B);
-  // (self, repeats, dim, output_size): F is the output size, not the dim (passing it third was the bug
-  // the first real-GPU run found: 'Dimension out of range')
+  // (self, repeats, dim, output_size): F is the output size, not the dim (passing it third was the bug the
+  // first real-GPU run found; test_cuda_emulation's glue tests now run this file on the CPU)
   const auto face_image = at::repeat_interleave(at::arange(B, face_offsets.options()), counts, /*dim=*/0,
                                                 /*output_size=*/F);
   auto keys = at::full({B, height, width}, -1, faces.options());  // all bits set = empty
