@@ -130,6 +130,33 @@ def test_detection_ap50_on_hand_cases():
     assert ap.dets[1] == [(0.9, True), (0.8, False)]
 
 
+def test_detection_ap50_ignores_instances_too_occluded_to_require():
+    from ros2_pose6d.eval.detection import DetectionAP
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    box, far = np.array([0.0, 0.0, 10.0, 10.0]), np.array([50.0, 50.0, 60.0, 60.0])
+    ap = DetectionAP()
+    # the top-scored detection finds the ignored instance: without the ignore it would rank a false
+    # positive first and AP would be 0.5
+    ap.add([(1, 0.9, far), (1, 0.8, box)], [(1, box)], ignore=[(1, far)])
+    assert ap.dets[1] == [(0.8, True)] and ap.ap50()[0] == pytest.approx(1.0)
+    ap = DetectionAP()  # a required instance is matched first; a duplicate on an ignored one is skipped
+    ap.add([(1, 0.9, box), (1, 0.8, box)], [(1, box)], ignore=[(1, box)])
+    assert ap.dets[1] == [(0.9, True)]
+    ap = DetectionAP()  # an ignored instance of another class does not excuse a false positive
+    ap.add([(1, 0.9, far)], [(1, box)], ignore=[(2, far)])
+    assert ap.dets[1] == [(0.9, False)] and 2 not in ap.num_gt
+
+    def gt(vis, xywh):
+        return GtInstance(obj_id=1, R=np.eye(3), t=np.zeros(3), visib_fract=vis, bbox_visib=np.array(xywh, float))
+
+    class Est:
+        object_id, score, bbox_xyxy = 1, 0.7, far
+    report = Report()  # min_visib 0.1: the 5 % visible instance is not required, so finding it is no error
+    report.add_detections([Est()], [gt(0.05, [50, 50, 10, 10]), gt(0.5, [0, 0, 10, 10])])
+    assert report.detection.num_gt[1] == 1 and report.detection.dets[1] == []
+
+
 def test_report_matches_targets_and_prints_no_value_as_a_dash():
     """Hand case: object 1 found exactly (ADD recall 1, visibility 0.5 vs true 0.8 -> MAE 0.3), object 2 missed
     (recall 0, no visibility error to average: '-' in the table, NaN in the summary), an estimate of an

@@ -275,6 +275,14 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
              str(tmp_path / "deepim" / "final.safetensors"), "--max-frames", "2", "--out", str(out / "det"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "detected" in r.stdout
+    # AP ranks every detection down to --ap-threshold; only those at --score-threshold become poses
+    r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
+             str(tmp_path / "detector" / "final.safetensors"), "--refiner", "none", "--score-threshold", "1.01",
+             "--max-frames", "2", "--out", str(out / "strict"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "box AP50 (detector, detections scoring >= 0.05)" in r.stdout
+    assert (out / "strict" / "results.csv").read_text().count("\n") == 1  # the header: no pose passed 1.01
+    assert json.loads((out / "strict" / "summary.json").read_text())["detected"]["ADD(-S) 0.1d"] == 0.0
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
              str(tmp_path / "deepim" / "final.safetensors"), "--refiner", "none", "--out", str(out / "bad"))
     assert r.returncode == 2 and "holds 'deepim' weights" in r.stderr

@@ -27,7 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deepim", type=Path, help="DeepIM weights")
     p.add_argument("--nemo", type=Path, help="NeMo weights")
     p.add_argument("--iterations", type=int, help="refiner iterations / steps (default: the weights' own)")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detector score threshold")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="detector score threshold: the detections that are refined and scored as poses")
+    p.add_argument("--ap-threshold", type=float, default=0.05,
+                   help="box AP50 ranks every detection scoring at least this (AP measures the ranking, so it "
+                        "is not cut at --score-threshold; as the 0.05 of common detection benchmarks)")
     p.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="cpu")
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     registry = load_registry(args)
+    report = Report()
     if args.init == "detector" and args.detector is None:
         raise ValueError("--init detector needs --detector WEIGHTS")
     if args.refiner != "none" and getattr(args, args.refiner) is None:
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                          score_threshold=args.score_threshold, refine_iterations=args.iterations)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
+        pipe.detector.score_threshold = min(args.score_threshold, args.ap_threshold)
+        report.ap_min_score = pipe.detector.score_threshold
     else:  # refiner alone
         weights = args.deepim if args.refiner == "deepim" else args.nemo
         pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations)
@@ -64,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     if not frames:
         raise ValueError(f"{args.split}: no frames")
     gen = torch.Generator().manual_seed(args.seed)
-    report = Report()
     csv_rows = []
     times = []
     first = True
@@ -77,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         gts = [g for g in bf.gt if g.obj_id in registry.ids]
         t0 = time.perf_counter()
         if args.init == "detector":
-            res = pipe.process(frame)
-            start, final = res.detections, res.poses
+            ranked = pipe.detector.detect(frame)
+            start = [d for d in ranked if d.score >= args.score_threshold]
+            final = pipe.refine(frame, start)
         else:
             if not gts:
                 continue
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         times.append(time.perf_counter() - t0)
         report.add_frame("initial" if args.init == "perturbed" else "detected", start, gts, bf.K, registry)
         if args.init == "detector":
-            report.add_detections(start, gts)
+            report.add_detections(ranked, gts)
         if args.refiner != "none":
             report.add_frame("refined", final, gts, bf.K, registry)
         csv_rows += [BopResult(scene.scene_id, im_id, e.object_id, e.score, e.R, e.t, times[-1]) for e in final]

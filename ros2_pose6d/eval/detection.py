@@ -1,5 +1,7 @@
 """2D detection accuracy: average precision at IoU 0.5 per object class (VOC-style all-point
-interpolation), averaged over the classes present."""
+interpolation), averaged over the classes present. Ground truth too occluded to be required (see
+``Report.min_visib``) is passed as ``ignore``: a detection of it is neither a hit nor a false positive, as
+COCO treats its ignore regions."""
 
 from __future__ import annotations
 
@@ -25,10 +27,13 @@ class DetectionAP:
         self.dets: dict[int, list[tuple[float, bool]]] = defaultdict(list)
         self.num_gt: dict[int, int] = defaultdict(int)
 
-    def add(self, detections: list[tuple[int, float, np.ndarray]], ground_truth: list[tuple[int, np.ndarray]]) -> None:
-        """detections: (class, score, xyxy); ground_truth: (class, xyxy), one frame."""
+    def add(self, detections: list[tuple[int, float, np.ndarray]], ground_truth: list[tuple[int, np.ndarray]],
+            ignore: list[tuple[int, np.ndarray]] = ()) -> None:
+        """detections: (class, score, xyxy); ground_truth: (class, xyxy), one frame; ignore: (class, xyxy) of
+        instances a detection may find but need not (matched only by detections no required one took)."""
         for cls in {c for c, _ in ground_truth} | {c for c, _, _ in detections}:
             gts = np.array([b for c, b in ground_truth if c == cls], float).reshape(-1, 4)
+            ign = np.array([b for c, b in ignore if c == cls], float).reshape(-1, 4)
             self.num_gt[cls] += len(gts)
             used = np.zeros(len(gts), bool)
             for _, score, box in sorted([d for d in detections if d[0] == cls], key=lambda d: -d[1]):
@@ -39,6 +44,8 @@ class DetectionAP:
                     k = int(ious.argmax())
                     if ious[k] >= self.iou:
                         used[k] = hit = True
+                if not hit and len(ign) and _iou(np.asarray(box, float), ign).max() >= self.iou:
+                    continue  # found an ignored instance: not counted either way
                 self.dets[cls].append((score, hit))
 
     def ap50(self) -> tuple[float, dict[int, float]]:

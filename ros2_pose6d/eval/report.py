@@ -55,16 +55,19 @@ class Report:
     image_width: int = 640
     detection: DetectionAP = field(default_factory=DetectionAP)
     min_visib: float = 0.1  # ground truth less visible than this is not expected to be detected
+    ap_min_score: float | None = None  # the score the detections ranked for AP50 were cut at, when known
 
     def add_detections(self, estimates, gts) -> None:
-        """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50."""
-        truth = []
+        """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50; instances
+        less visible than ``min_visib`` are ignored (finding one is neither a hit nor a false positive)."""
+        truth, ignore = [], []
         for g in gts:
             obj_id, vis, xyxy = _truth(g)
-            if xyxy is None or xyxy[2] <= xyxy[0] or (vis is not None and vis < self.min_visib):
+            if xyxy is None or xyxy[2] <= xyxy[0]:
                 continue
-            truth.append((obj_id, xyxy))
-        self.detection.add([(e.object_id, e.score, np.asarray(e.bbox_xyxy, float)) for e in estimates], truth)
+            (ignore if vis is not None and vis < self.min_visib else truth).append((obj_id, xyxy))
+        self.detection.add([(e.object_id, e.score, np.asarray(e.bbox_xyxy, float)) for e in estimates], truth,
+                           ignore)
 
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
                   points_step: int = 5) -> None:
@@ -133,7 +136,8 @@ class Report:
                 lines.append(f"{'ALL':<14}{stage:<10}" + "".join(cell(c, s[c]) for c in cols))
         if self.detection.num_gt:
             mean, per = self.detection.ap50()
-            lines.append(f"box AP50 (detector): {mean:.3f}  (" + ", ".join(
+            ranked = "" if self.ap_min_score is None else f", detections scoring >= {self.ap_min_score:g}"
+            lines.append(f"box AP50 (detector{ranked}): {mean:.3f}  (" + ", ".join(
                 f"{registry[c].name} {v:.2f}" for c, v in sorted(per.items()) if c in registry.ids) + ")")
         return "\n".join(lines)
 
