@@ -69,6 +69,21 @@ def test_matcher_with_no_targets():
     assert len(q) == len(t) == 0
 
 
+def test_batched_matching_equals_matching_each_image_alone():
+    """The batch is matched with one cost matrix; splitting it per image must not mix images' targets."""
+    g = torch.Generator().manual_seed(3)
+    B, Q, C = 4, 6, 5
+    logits, boxes = torch.randn(B, Q, C + 1, generator=g), torch.rand(B, Q, 4, generator=g) * 0.5 + 0.1
+    targets = [{"labels": torch.randint(0, C, (n,), generator=g), "boxes": torch.rand(n, 4, generator=g) * 0.5 + 0.1}
+               for n in (3, 0, 1, 6)]
+    m = HungarianMatcher()
+    together = m(logits, boxes, targets)
+    for b in range(B):
+        (q, t), = m(logits[b:b + 1], boxes[b:b + 1], targets[b:b + 1])
+        assert torch.equal(together[b][0], q) and torch.equal(together[b][1], t)
+    assert [len(q) for q, _ in together] == [3, 0, 1, 6]
+
+
 def test_permuting_the_models_permutes_the_classes(models):
     torch.manual_seed(0)
     net = SmopeNet(TINY).eval()

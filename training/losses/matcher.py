@@ -29,16 +29,27 @@ class HungarianMatcher:
 
         Returns per image (query indices, target indices), both (min(N_q, T),) int64, sorted by query.
         """
-        out = []
-        prob = logits.softmax(-1)
-        for b, tgt in enumerate(targets):
-            labels, tboxes = tgt["labels"], tgt["boxes"]
-            if len(labels) == 0:
-                out.append((torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
+        B, Q = logits.shape[:2]
+        sizes = [len(t["labels"]) for t in targets]
+        empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+        if sum(sizes) == 0:
+            return [empty for _ in targets]
+        # one cost matrix for the whole batch (every query against every target of every image) and one
+        # device -> host copy, as DETR does: on a GPU a copy per image would stall the step B times
+        labels = torch.cat([t["labels"] for t in targets])
+        tboxes = torch.cat([t["boxes"] for t in targets])
+        prob = logits.flatten(0, 1).softmax(-1)
+        qboxes = boxes.flatten(0, 1)
+        cost = (-self.cfg.cost_class * prob[:, labels]
+                + self.cfg.cost_bbox * torch.cdist(qboxes, tboxes, p=1)
+                - self.cfg.cost_giou * generalized_box_iou(cxcywh_to_xyxy(qboxes), cxcywh_to_xyxy(tboxes)))
+        cost = cost.view(B, Q, -1).cpu().double().numpy()
+        out, start = [], 0
+        for b, n in enumerate(sizes):
+            if n == 0:
+                out.append(empty)
                 continue
-            cost = (-self.cfg.cost_class * prob[b][:, labels]
-                    + self.cfg.cost_bbox * torch.cdist(boxes[b], tboxes, p=1)
-                    - self.cfg.cost_giou * generalized_box_iou(cxcywh_to_xyxy(boxes[b]), cxcywh_to_xyxy(tboxes)))
-            q, t = linear_sum_assignment(cost.cpu().double().numpy())
+            q, t = linear_sum_assignment(cost[b, :, start:start + n])
             out.append((torch.as_tensor(q, dtype=torch.long), torch.as_tensor(t, dtype=torch.long)))
+            start += n
         return out
