@@ -7,6 +7,12 @@ import torch
 from torch import Tensor
 
 
+def _covered(face_id: Tensor) -> Tensor:
+    """Flat indices of the pixels a face covers: the work below runs on these only (objects usually cover
+    a small part of a frame), and is scattered back into the dense maps."""
+    return torch.nonzero(face_id.reshape(-1) >= 0)[:, 0]
+
+
 def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor) -> Tensor:
     """Perspective-correct barycentric coordinates of every pixel centre in its visible face.
 
@@ -19,30 +25,30 @@ def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor) -> Te
         (B, H, W, 3) weights summing to 1 on covered pixels, 0 on background; differentiable w.r.t.
         verts and K.
     """
-    _B, H, W = face_id.shape
-    covered = face_id >= 0
-    fid = face_id.clamp_min(0)
-    tri = verts[faces[fid]]  # (B, H, W, 3 corners, 3 xyz)
-    Kb = K[:, None, None, None]  # (B, 1, 1, 1, 3, 3)
-    X, Y, Z = tri.unbind(-1)
-    x = (Kb[..., 0, 0] * X + Kb[..., 0, 1] * Y + Kb[..., 0, 2] * Z) / Z
-    y = (Kb[..., 1, 1] * Y + Kb[..., 1, 2] * Z) / Z
-    v, u = torch.meshgrid(torch.arange(H, device=verts.device, dtype=verts.dtype),
-                          torch.arange(W, device=verts.device, dtype=verts.dtype), indexing="ij")
-    px, py = u[None], v[None]
-    area = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
-    area = torch.where(covered, area, torch.ones_like(area))
-    e0 = (x[..., 2] - x[..., 1]) * (py - y[..., 1]) - (y[..., 2] - y[..., 1]) * (px - x[..., 1])
-    e1 = (x[..., 0] - x[..., 2]) * (py - y[..., 2]) - (y[..., 0] - y[..., 2]) * (px - x[..., 2])
-    e2 = (x[..., 1] - x[..., 0]) * (py - y[..., 0]) - (y[..., 1] - y[..., 0]) * (px - x[..., 0])
-    screen = torch.stack([e0, e1, e2], -1) / area[..., None]
-    persp = screen / Z
+    B, H, W = face_id.shape
+    pix = _covered(face_id)
+    tri = verts[faces[face_id.reshape(-1)[pix]]]  # (P, 3 corners, 3 xyz)
+    Kp = K[pix // (H * W)]  # (P, 3, 3)
+    X, Y, Z = tri.unbind(-1)  # (P, 3) each
+    x = (Kp[:, 0, 0, None] * X + Kp[:, 0, 1, None] * Y + Kp[:, 0, 2, None] * Z) / Z
+    y = (Kp[:, 1, 1, None] * Y + Kp[:, 1, 2, None] * Z) / Z
+    px, py = (pix % W).to(verts.dtype), ((pix // W) % H).to(verts.dtype)
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    e0 = (x[:, 2] - x[:, 1]) * (py - y[:, 1]) - (y[:, 2] - y[:, 1]) * (px - x[:, 1])
+    e1 = (x[:, 0] - x[:, 2]) * (py - y[:, 2]) - (y[:, 0] - y[:, 2]) * (px - x[:, 2])
+    e2 = (x[:, 1] - x[:, 0]) * (py - y[:, 0]) - (y[:, 1] - y[:, 0]) * (px - x[:, 0])
+    persp = torch.stack([e0, e1, e2], -1) / area[:, None] / Z
     bary = persp / persp.sum(-1, keepdim=True)
-    return torch.where(covered[..., None], bary, torch.zeros_like(bary))
+    out = bary.new_zeros(B * H * W, 3).index_copy(0, pix, bary)
+    return out.view(B, H, W, 3)
 
 
 def interpolate(attributes: Tensor, faces: Tensor, face_id: Tensor, bary: Tensor) -> Tensor:
     """Interpolate per-vertex attributes (V, C) over faces: (B, H, W, C), zero on background."""
-    corners = faces[face_id.clamp_min(0)]  # (B, H, W, 3)
-    out = sum(attributes[corners[..., k]] * bary[..., k:k + 1] for k in range(3))  # peak memory B*H*W*C
-    return torch.where((face_id >= 0)[..., None], out, torch.zeros_like(out))
+    B, H, W = face_id.shape
+    pix = _covered(face_id)
+    corners = faces[face_id.reshape(-1)[pix]]  # (P, 3)
+    w = bary.reshape(-1, 3)[pix]
+    vals = sum(attributes[corners[:, k]] * w[:, k:k + 1] for k in range(3))  # (P, C)
+    out = vals.new_zeros(B * H * W, attributes.shape[-1]).index_copy(0, pix, vals)
+    return out.view(B, H, W, -1)
