@@ -7,6 +7,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
@@ -31,15 +32,18 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="pose6d", description="namespace of both nodes"),
     ]
     remap = [("image", LaunchConfiguration("image")), ("camera_info", LaunchConfiguration("camera_info"))]
-    common = {"objects": LaunchConfiguration("objects"), "device": LaunchConfiguration("device")}
+    # Typed values: an untyped substitution is parsed as YAML by launch_ros, and the empty default of
+    # `objects` parses to None, which it refuses ("Allowed value types are ...").
+    text = lambda name: ParameterValue(LaunchConfiguration(name), value_type=str)  # noqa: E731
+    common = {"objects": text("objects"), "device": text("device")}
     detector = Node(package="ros2_pose6d", executable="detector_node", name="pose6d_detector",
                     namespace=LaunchConfiguration("namespace"), output="screen", remappings=remap,
                     parameters=[LaunchConfiguration("params_file"), common])
     refiner = Node(package="ros2_pose6d", executable="refiner_node", name="pose6d_refiner",
                    namespace=LaunchConfiguration("namespace"), output="screen", remappings=remap,
                    parameters=[LaunchConfiguration("params_file"), common,
-                               {"method": LaunchConfiguration("method"),
-                                "tracking": LaunchConfiguration("tracking")}])
+                               {"method": text("method"),
+                                "tracking": ParameterValue(LaunchConfiguration("tracking"), value_type=bool)}])
     rviz = Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                 arguments=["-d", PathJoinSubstitution([share, "config", "rviz", "pose6d.rviz"])],
                 condition=IfCondition(LaunchConfiguration("rviz")))
