@@ -62,6 +62,8 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
            video: bool = True, progress: bool = True, storage: str = "sqlite3") -> ReplayResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     res = ReplayResult()
+    if pipeline.detector is not None:  # the bag's AP50 ranks what the node publishes: the deployed threshold
+        res.report.ap_min_score = pipeline.detector.score_threshold
     drawer = OverlayDrawer(registry)
     sizes = {o.obj_id: o.info.bbox_size for o in registry}
     writer_video = None
