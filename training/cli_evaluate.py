@@ -56,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--init detector needs --detector WEIGHTS")
     if args.refiner != "none" and getattr(args, args.refiner) is None:
         raise ValueError(f"--refiner {args.refiner} needs --{args.refiner} WEIGHTS")
+    # the detector keeps what AP ranks; the poses are those at --score-threshold (filtered below)
     cfg = PipelineConfig(detector_weights=str(args.detector or ""), refiner=args.refiner,
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
-                         score_threshold=args.score_threshold, refine_iterations=args.iterations)
+                         score_threshold=min(args.score_threshold, args.ap_threshold),
+                         refine_iterations=args.iterations)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
-        pipe.detector.score_threshold = min(args.score_threshold, args.ap_threshold)
-        report.ap_min_score = pipe.detector.score_threshold
+        report.ap_min_score = cfg.score_threshold
     else:  # refiner alone
         weights = args.deepim if args.refiner == "deepim" else args.nemo
         pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations)

@@ -19,19 +19,23 @@ class CheckpointError(ValueError):
     """A weights file that is missing, unreadable or for another architecture."""
 
 
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write through a temporary file and rename: an interrupted write never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
 def save_weights(path: str | Path, module: nn.Module, arch: str, config: dict, meta: dict[str, Any] | None = None,
                  extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``module``'s state (plus ``extra_tensors`` under 'extra.*') atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     metadata = {"arch": arch, "config": yaml.safe_dump(config, sort_keys=False),
                 "meta": json.dumps(meta or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    _write(Path(path), tensors, metadata)
 
 
 def read_metadata(path: str | Path) -> tuple[str, dict, dict]:
@@ -102,7 +106,4 @@ def compact_weights(src: str | Path, dst: str | Path) -> None:
                 raise CheckpointError(f"{src}: tensor {k} exceeds the float16 range; cannot compact")
             v = v.half()
         tensors[k] = v.contiguous()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, dst)
+    _write(dst, tensors, metadata)

@@ -7,13 +7,14 @@ import torch
 from torch import Tensor
 
 
-def _covered(face_id: Tensor) -> Tensor:
-    """Flat indices of the pixels a face covers: the work below runs on these only (objects usually cover
-    a small part of a frame), and is scattered back into the dense maps."""
+def covered_pixels(face_id: Tensor) -> Tensor:
+    """Flat indices (P,) of the pixels a face covers: the work below runs on these only (objects usually
+    cover a small part of a frame) and is scattered back into the dense maps. A renderer computes them
+    once per render and passes them to every call (on a GPU, each computation waits for the device)."""
     return torch.nonzero(face_id.reshape(-1) >= 0)[:, 0]
 
 
-def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor) -> Tensor:
+def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor, pixels: Tensor | None = None) -> Tensor:
     """Perspective-correct barycentric coordinates of every pixel centre in its visible face.
 
     Args:
@@ -21,12 +22,13 @@ def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor) -> Te
         verts: (V, 3) camera-frame vertices [m] (the ones that were rasterised; may require grad).
         faces: (F, 3) int64.
         K: (B, 3, 3) intrinsics.
+        pixels: ``covered_pixels(face_id)``, when the caller has it.
     Returns:
         (B, H, W, 3) weights summing to 1 on covered pixels, 0 on background; differentiable w.r.t.
         verts and K.
     """
     B, H, W = face_id.shape
-    pix = _covered(face_id)
+    pix = covered_pixels(face_id) if pixels is None else pixels
     tri = verts[faces[face_id.reshape(-1)[pix]]]  # (P, 3 corners, 3 xyz)
     Kp = K[pix // (H * W)]  # (P, 3, 3)
     X, Y, Z = tri.unbind(-1)  # (P, 3) each
@@ -43,10 +45,12 @@ def barycentrics(face_id: Tensor, verts: Tensor, faces: Tensor, K: Tensor) -> Te
     return out.view(B, H, W, 3)
 
 
-def interpolate(attributes: Tensor, faces: Tensor, face_id: Tensor, bary: Tensor) -> Tensor:
-    """Interpolate per-vertex attributes (V, C) over faces: (B, H, W, C), zero on background."""
+def interpolate(attributes: Tensor, faces: Tensor, face_id: Tensor, bary: Tensor,
+                pixels: Tensor | None = None) -> Tensor:
+    """Interpolate per-vertex attributes (V, C) over faces: (B, H, W, C), zero on background. ``pixels``:
+    ``covered_pixels(face_id)``, when the caller has it."""
     B, H, W = face_id.shape
-    pix = _covered(face_id)
+    pix = covered_pixels(face_id) if pixels is None else pixels
     corners = faces[face_id.reshape(-1)[pix]]  # (P, 3)
     w = bary.reshape(-1, 3)[pix]
     vals = sum(attributes[corners[:, k]] * w[:, k:k + 1] for k in range(3))  # (P, C)

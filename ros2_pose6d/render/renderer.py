@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ros2_pose6d.objects.mesh import ObjectMesh
-from ros2_pose6d.render.interpolate import barycentrics, interpolate
+from ros2_pose6d.render.interpolate import barycentrics, covered_pixels, interpolate
 from ros2_pose6d.render.rasterize import Fragments, RasterSettings, rasterize
 
 
@@ -134,17 +134,18 @@ class MeshRenderer:
         face_offsets = torch.cat([per_image.new_zeros(1), torch.cumsum(per_image, 0)])
         K = K.to(self.device, self.dtype)
         frags = rasterize(verts, faces, face_offsets, K, settings)
-        bary = barycentrics(frags.face_id, verts, faces, K)
+        pix = covered_pixels(frags.face_id)
+        bary = barycentrics(frags.face_id, verts, faces, K, pix)
         mask = frags.face_id >= 0
         instance = torch.where(mask, order[inst_f[frags.face_id.clamp_min(0)]], torch.full_like(frags.face_id, -1))
-        depth = interpolate(verts[:, 2:3], faces, frags.face_id, bary)[..., 0]
+        depth = interpolate(verts[:, 2:3], faces, frags.face_id, bary, pix)[..., 0]
         color = normal_map = None
         if shade or normals:
             rot = R[order].to(self.dtype)[inst_v]
             n_cam = torch.einsum("vij,vj->vi", rot, self.normals[src_v])
-            normal_map = F.normalize(interpolate(n_cam, faces, frags.face_id, bary), dim=-1, eps=1e-12)
+            normal_map = F.normalize(interpolate(n_cam, faces, frags.face_id, bary, pix), dim=-1, eps=1e-12)
         if shade:
-            albedo = self._albedo(frags.face_id, faces, bary, src_v, mesh_idx[order][inst_f])
+            albedo = self._albedo(frags.face_id, faces, bary, pix, src_v, mesh_idx[order][inst_f])
             light = lighting or Lighting()
             direction = torch.tensor(light.direction, device=self.device, dtype=self.dtype)
             lambert = (-(normal_map * F.normalize(direction, dim=0)).sum(-1)).clamp_min(0)
@@ -155,14 +156,15 @@ class MeshRenderer:
             if vertex_features.shape[0] != len(self.verts):
                 raise ValueError(f"vertex_features must have one row per vertex of the mesh set "
                                  f"({len(self.verts)}), got {tuple(vertex_features.shape)}")
-            features = interpolate(vertex_features[src_v], faces, frags.face_id, bary)
+            features = interpolate(vertex_features[src_v], faces, frags.face_id, bary, pix)
         return RenderOutput(color, depth, mask, instance, normal_map if normals else None, features, frags)
 
-    def _albedo(self, face_id: Tensor, faces: Tensor, bary: Tensor, src_v: Tensor, face_mesh: Tensor) -> Tensor:
-        albedo = interpolate(self.colors[src_v], faces, face_id, bary)
+    def _albedo(self, face_id: Tensor, faces: Tensor, bary: Tensor, pix: Tensor, src_v: Tensor,
+                face_mesh: Tensor) -> Tensor:
+        albedo = interpolate(self.colors[src_v], faces, face_id, bary, pix)
         if not self.textures:
             return albedo
-        uv = interpolate(self.uv[src_v], faces, face_id, bary)
+        uv = interpolate(self.uv[src_v], faces, face_id, bary, pix)
         pixel_mesh = torch.where(face_id >= 0, face_mesh[face_id.clamp_min(0)], torch.full_like(face_id, -1))
         for m, tex in self.textures.items():
             sel = pixel_mesh == m
