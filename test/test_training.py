@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,18 +174,39 @@ def test_train_cli_errors_are_one_line(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing left behind
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_continues(split, tmp_path):
-    """A scheduler's SIGTERM (or kill -INT of a background run) keeps the steps done so far."""
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc/*/stat: the parent is the field after the state)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_a_checkpoint_and_resume_continues(split, tmp_path, workers):
+    """A scheduler's SIGTERM (or kill -INT of a background run) keeps the steps done so far. The signal goes
+    to the whole process group, as schedulers and ``pkill -f`` send it: data-loader workers included."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "ros2_pose6d.training.cli_train", str(CONFIGS / "deepim_tiny.yaml"), "--no-progress",
             "--set", f"data.train={split}", "--set", f"out_dir={out}", "--set", "optim.steps=100000",
-            "--set", "optim.ckpt_every=100000"]
+            "--set", "optim.ckpt_every=100000", "--set", f"optim.num_workers={workers}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     tb, t0 = out / "tb", time.time()
     while proc.poll() is None and not (tb.is_dir() and any(tb.iterdir())) and time.time() - t0 < 300:
         time.sleep(0.2)  # until the training loop has started
+    time.sleep(1.0)
+    # a group signal in its worst order: the workers first (they must outlive it), then the main process
+    children = _children(proc.pid)
+    assert len(children) >= workers
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -94,6 +95,14 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _worker_leaves_stop_signals_to_main(_: int) -> None:
+    """DataLoader worker init: ignore SIGTERM and SIGINT. A scheduler (or ``pkill -f``, or Ctrl-C) signals
+    every process of the job; a worker killed before the main process had saved made the loader raise
+    'worker killed by signal' and the run ended without its checkpoint. The main process stops the workers."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
@@ -171,7 +180,8 @@ class Trainer:
             (self.out / "config.yaml").write_text(yaml.safe_dump(_plain(self.cfg), sort_keys=False))
         end = o.steps if stop_at is None else min(stop_at, o.steps)
         sampler = StepBatchSampler(len(dataset), o.batch_size, o.seed, self.step, end, self.rank, self.world)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=o.num_workers)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=o.num_workers,
+                            worker_init_fn=_worker_leaves_stop_signals_to_main if o.num_workers else None)
         writer = None
         if self.rank == 0:
             try:
