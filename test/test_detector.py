@@ -15,7 +15,7 @@ from ros2_pose6d.training.losses.smope_loss import SmopeCriterion, SmopeLossConf
 from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.model_set import build_model_set
 from ros2_pose6d.estimation.types import Frame, FrameError
-from ros2_pose6d.geometry.boxes import cxcywh_to_xyxy, generalized_box_iou
+from ros2_pose6d.geometry.boxes import cxcywh_to_xyxy, generalized_box_iou, suppress_duplicates
 from ros2_pose6d.geometry.rotations import egocentric_to_allocentric, matrix_to_rotation_6d, random_rotation
 from ros2_pose6d.nets.backbone import BackboneConfig, ResNet
 from ros2_pose6d.nets.deformable_transformer import TransformerConfig
@@ -218,3 +218,61 @@ def test_tiny_detector_overfits_eight_images(registry, tmp_path):
                 total += 1
                 hits += bool(errs) and min(errs) < 0.1 * obj.diameter
     assert total >= 8 and hits / total >= 0.9, (hits, total)
+
+
+def _nms_reference(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> list[int]:
+    """Textbook greedy NMS, one box at a time against every box already kept."""
+    def iou_of(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        area = lambda x: (x[2] - x[0]) * (x[3] - x[1])  # noqa: E731
+        return w * h / (area(a) + area(b) - w * h)
+    kept: list[int] = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if all(labels[k] != labels[i] or iou_of(boxes[k], boxes[i]) <= iou for k in kept):
+            kept.append(i)
+    return kept
+
+
+def test_suppress_duplicates_hand_case_and_reference():
+    # A; B: a weaker copy of A (IoU 0.81, same object) -> dropped; C: the same box as A but another object ->
+    # kept; D: overlaps only the dropped B -> kept (a suppressed box suppresses nothing)
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 8.1], [0, 0, 10, 10], [0, 6, 10, 16]], dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    labels = torch.tensor([1, 1, 2, 1])
+    assert suppress_duplicates(boxes, scores, labels, 0.7).tolist() == [0, 2, 3]
+    assert suppress_duplicates(boxes, scores, labels, 0.85).tolist() == [0, 1, 2, 3]
+    assert suppress_duplicates(boxes, scores, labels, 1.0).tolist() == [0, 1, 2, 3]
+    assert suppress_duplicates(boxes[:0], scores[:0], labels[:0], 0.5).tolist() == []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n = int(torch.randint(1, 40, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 50
+        b = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 20], 1).double()
+        s, lab = torch.rand(n, generator=g), torch.randint(0, 3, (n,), generator=g)
+        thr = float(torch.rand(1, generator=g))
+        assert suppress_duplicates(b, s, lab, thr).tolist() == _nms_reference(b.numpy(), s.numpy(), lab.numpy(), thr)
+
+
+def test_detector_drops_duplicates_only(registry, models):
+    """With nms_iou the detections are those of nms_iou=1 minus same-object boxes overlapping a better one."""
+    from dataclasses import replace
+    torch.manual_seed(3)
+    net = SmopeNet(replace(TINY, transformer=replace(TINY.transformer, num_queries=12)))
+    with torch.no_grad():  # queries 6-11: near copies of 0-5, i.e. near-duplicate detections
+        w = net.transformer.query_embed.weight
+        w[6:] = w[:6] + 1e-3 * torch.randn_like(w[:6])
+    frame = Frame(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8),
+                  np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]))
+    all_dets = Detector(net, registry, model_set=models, score_threshold=0.0, nms_iou=1.0,
+                        max_detections=100).detect(frame)
+    kept = Detector(net, registry, model_set=models, score_threshold=0.0, nms_iou=0.5,
+                    max_detections=100).detect(frame)
+    assert len(all_dets) == 12 and len(kept) == 6
+    b = torch.as_tensor(np.stack([d.bbox_xyxy for d in all_dets]))
+    s = torch.tensor([d.score for d in all_dets])
+    lab = torch.tensor([d.object_id for d in all_dets])
+    expect = _nms_reference(b.numpy(), s.numpy(), lab.numpy(), 0.5)
+    assert [(d.object_id, d.score) for d in kept] == [(all_dets[i].object_id, all_dets[i].score) for i in expect]
+    with pytest.raises(ValueError, match="nms_iou"):
+        Detector(net, registry, model_set=models, nms_iou=float("nan"))

@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, help="refiner iterations / steps (default: the weights' own)")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detector score threshold: the detections that are refined and scored as poses")
+    p.add_argument("--nms-iou", type=float, default=0.7,
+                   help="detector duplicate suppression: box IoU above which a weaker detection of the same "
+                        "object is dropped (1: off)")
     p.add_argument("--ap-threshold", type=float, default=0.05,
                    help="box AP50 ranks every detection scoring at least this (AP measures the ranking, so it "
                         "is not cut at --score-threshold; as the 0.05 of common detection benchmarks)")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     # the detector keeps what AP ranks; the poses are those at --score-threshold (filtered below)
     cfg = PipelineConfig(detector_weights=str(args.detector or ""), refiner=args.refiner,
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
-                         score_threshold=min(args.score_threshold, args.ap_threshold),
+                         score_threshold=min(args.score_threshold, args.ap_threshold), nms_iou=args.nms_iou,
                          refine_iterations=args.iterations)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)

@@ -178,6 +178,7 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deepim", type=Path, help="DeepIM weights (default: shipped)")
     p.add_argument("--nemo", type=Path, help="NeMo weights (default: shipped)")
     p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--nms-iou", type=float, default=0.7, help="detector duplicate suppression (1: off)")
     p.add_argument("--iterations", type=int, help="refiner iterations / steps")
     p.add_argument("--device", default="cpu")
     add_object_args(p)
@@ -192,7 +193,8 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
     cfg = PipelineConfig(detector_weights=str(args.detector or wd / "detector_demo.safetensors"),
                          refiner=args.refiner, deepim_weights=str(args.deepim or wd / "deepim_demo.safetensors"),
                          nemo_weights=str(args.nemo or wd / "nemo_demo.safetensors"), device=args.device,
-                         score_threshold=args.score_threshold, refine_iterations=args.iterations)
+                         score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+                         refine_iterations=args.iterations)
     return Pipeline.from_config(cfg, registry), registry
 
 

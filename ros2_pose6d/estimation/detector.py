@@ -13,6 +13,7 @@ from torch import Tensor
 from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.model_set import ModelSet, build_model_set
 from ros2_pose6d.estimation.types import Frame, FrameError, PoseEstimate, validate_frame
+from ros2_pose6d.geometry.boxes import cxcywh_to_xyxy, suppress_duplicates
 from ros2_pose6d.geometry.camera import crop_resize_intrinsics
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.checkpoint import load_weights
@@ -46,15 +47,21 @@ class Detector:
         net: the network (its config fixes the input size). registry: the object set (class order).
         score_threshold: keep queries whose best class probability reaches it.
         max_detections: per frame, best first.
+        nms_iou: drop a detection overlapping a better one of the same object by more than this box IoU
+            (duplicates of an undertrained detector); 1 keeps every query.
     """
 
     def __init__(self, net: SmopeNet, registry: ObjectRegistry, device: str | torch.device = "cpu",
-                 score_threshold: float = 0.5, max_detections: int = 50, model_set: ModelSet | None = None) -> None:
+                 score_threshold: float = 0.5, max_detections: int = 50, model_set: ModelSet | None = None,
+                 nms_iou: float = 0.7) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.registry = registry
         self.score_threshold = score_threshold
         self.max_detections = max_detections
+        if not nms_iou >= 0.0:
+            raise ValueError(f"nms_iou must be >= 0 (1 keeps every detection), got {nms_iou}")
+        self.nms_iou = nms_iou
         self.models = (model_set or build_model_set(registry, net.cfg.points.num_points)).to(self.device)
         if len(self.models.obj_ids) == 0:
             raise ValueError("the detector needs at least one object model")
@@ -85,11 +92,15 @@ class Detector:
         results = []
         for b, frame in enumerate(frames):
             keep = torch.nonzero(scores[b] >= self.score_threshold)[:, 0]
-            keep = keep[scores[b, keep].argsort(descending=True)][: self.max_detections]
             finite = (torch.isfinite(R[b, keep]).flatten(1).all(1) & torch.isfinite(t[b, keep]).all(1)
                       & torch.isfinite(last["boxes"][b, keep]).all(1))
             if not bool(finite.all()):
                 raise FrameError("detector produced non-finite poses (NaN/inf); frame rejected")
+            z = t[b, keep, 2]
+            keep = keep[(z > 0.0) & (z < 100.0)]  # behind the camera or absurdly far: not a usable hypothesis
+            order = suppress_duplicates(cxcywh_to_xyxy(last["boxes"][b, keep]), scores[b, keep], labels[b, keep],
+                                        self.nms_iou)
+            keep = keep[order][: self.max_detections]
             h, w = frame.image.shape[:2]
             counts: dict[int, int] = {}
             dets = []
@@ -100,9 +111,6 @@ class Detector:
                 obj_id = self.models.obj_ids[int(labels[b, q])]
                 inst = counts.get(obj_id, 0)
                 counts[obj_id] = inst + 1
-                z = float(t[b, q, 2])
-                if not 0.0 < z < 100.0:
-                    continue  # behind the camera or absurdly far: not a usable hypothesis
                 dets.append(PoseEstimate(obj_id, R[b, q].double().cpu().numpy(), t[b, q].double().cpu().numpy(),
                                          float(scores[b, q]), inst, box, float(last["visibility"][b, q]), "detected"))
             results.append(dets)

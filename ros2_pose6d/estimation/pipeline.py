@@ -25,6 +25,7 @@ class PipelineConfig:
     nemo_weights: str = ""
     device: str = "cpu"
     score_threshold: float = 0.5
+    nms_iou: float = 0.7  # class-wise duplicate suppression (see Detector); 1 = off
     refine_iterations: int | None = None  # DeepIM iterations / NeMo steps; None = the weights' default
 
 
@@ -63,7 +64,7 @@ class Pipeline:
             if path != "x" and not Path(path).is_file():
                 raise FileNotFoundError(f"pipeline: {name} file not found: {path}")
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
-                                         score_threshold=cfg.score_threshold)
+                                         score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou)
         weights = cfg.deepim_weights if cfg.refiner == "deepim" else cfg.nemo_weights
         return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations)
 

@@ -37,3 +37,20 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     rb = torch.maximum(a[:, None, 2:], b[None, :, 2:])
     hull = (rb - lt).clamp_min(0).prod(-1)
     return iou - (hull - union) / hull.clamp_min(1e-12)
+
+
+def suppress_duplicates(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -> Tensor:
+    """Greedy class-wise non-maximum suppression: indices of the boxes kept, best score first. A box is
+    dropped when a better-scoring box of the same label overlaps it by more than ``iou`` (>= 1 keeps all).
+    DETR's one-to-one matching makes duplicates rare once trained; an undertrained detector still emits
+    them, and each would become a second pose (and TF frame) of one object. (N, 4) xyxy, (N,), (N,)."""
+    order = scores.argsort(descending=True)
+    if iou >= 1.0 or len(order) < 2:
+        return order
+    b, lab = boxes[order], labels[order]
+    dup = ((box_iou(b, b)[0] > iou) & (lab[:, None] == lab[None, :])).cpu()  # one host copy
+    alive = torch.ones(len(order), dtype=torch.bool)
+    for i in range(len(order)):
+        if alive[i]:
+            alive[i + 1:] &= ~dup[i, i + 1:]
+    return order[alive.to(order.device)]

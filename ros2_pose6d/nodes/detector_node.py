@@ -43,7 +43,8 @@ class DetectorNode(Node):
         self.registry = ObjectRegistry.from_yaml(p["objects"] or default_objects_yaml())
         weights = p["detector_weights"] or str(weights_dir() / "detector_demo.safetensors")
         self.detector = Detector.from_weights(weights, self.registry, resolve_device(p["device"]),
-                                              score_threshold=p["score_threshold"], max_detections=p["max_detections"])
+                                              score_threshold=p["score_threshold"], max_detections=p["max_detections"],
+                                              nms_iou=p["nms_iou"])
         self.factory = rclpy_factory()
         self.stats = NodeStats()
         self.order: FrameCache = FrameCache(1)  # only its stamp-order check is used

@@ -54,6 +54,8 @@ DETECTOR = COMMON + (
     ParamSpec("detector_weights", "", "SMOPE weights (.safetensors; empty: shipped demo weights)", read_only=True),
     ParamSpec("score_threshold", 0.5, "keep detections with at least this class probability", (0.0, 1.0)),
     ParamSpec("max_detections", 50, "per frame, best first", (1, 1000)),
+    ParamSpec("nms_iou", 0.7, "drop a detection overlapping a better one of the same object by more than this "
+              "box IoU (1: keep all)", (0.0, 1.0)),
 )
 
 REFINER = COMMON + (
