@@ -175,7 +175,8 @@ def test_demo_runs_end_to_end_with_the_shipped_weights(tmp_path):
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ADD(-S) 0.1d" in r.stdout and "ALL" in r.stdout and "3 processed" in r.stdout
-    assert "box AP50 (detector, detections scoring >= 0.5)" in r.stdout  # what the node publishes
+    # AP50 ranks what the node publishes
+    assert "box AP50 (detector, detections scoring >= 0.5, class-wise NMS at IoU 0.7)" in r.stdout
     assert len(_messages(tmp_path / "replay" / "bag", OUT_TOPICS["poses"])) == 3
     assert (tmp_path / "replay" / "overlay.mp4").stat().st_size > 0
 

@@ -302,7 +302,7 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
              str(tmp_path / "detector" / "final.safetensors"), "--refiner", "none", "--score-threshold", "1.01",
              "--max-frames", "2", "--out", str(out / "strict"))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "box AP50 (detector, detections scoring >= 0.05)" in r.stdout
+    assert "box AP50 (detector, detections scoring >= 0.05, class-wise NMS at IoU 0.7)" in r.stdout
     assert (out / "strict" / "results.csv").read_text().count("\n") == 1  # the header: no pose passed 1.01
     assert json.loads((out / "strict" / "summary.json").read_text())["detected"]["ADD(-S) 0.1d"] == 0.0
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                          refine_iterations=args.iterations)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
-        report.ap_min_score = cfg.score_threshold
+        report.ap_min_score, report.ap_nms_iou = cfg.score_threshold, cfg.nms_iou
     else:  # refiner alone
         weights = args.deepim if args.refiner == "deepim" else args.nemo
         pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations)

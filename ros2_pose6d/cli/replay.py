@@ -64,6 +64,7 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
     res = ReplayResult()
     if pipeline.detector is not None:  # the bag's AP50 ranks what the node publishes: the deployed threshold
         res.report.ap_min_score = pipeline.detector.score_threshold
+        res.report.ap_nms_iou = pipeline.detector.nms_iou
     drawer = OverlayDrawer(registry)
     sizes = {o.obj_id: o.info.bbox_size for o in registry}
     writer_video = None

@@ -56,6 +56,7 @@ class Report:
     detection: DetectionAP = field(default_factory=DetectionAP)
     min_visib: float = 0.1  # ground truth less visible than this is not expected to be detected
     ap_min_score: float | None = None  # the score the detections ranked for AP50 were cut at, when known
+    ap_nms_iou: float | None = None  # the detector's duplicate suppression IoU, when known
 
     def add_detections(self, estimates, gts) -> None:
         """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50; instances
@@ -137,6 +138,8 @@ class Report:
         if self.detection.num_gt:
             mean, per = self.detection.ap50()
             ranked = "" if self.ap_min_score is None else f", detections scoring >= {self.ap_min_score:g}"
+            if self.ap_nms_iou is not None and self.ap_nms_iou < 1.0:
+                ranked += f", class-wise NMS at IoU {self.ap_nms_iou:g}"
             lines.append(f"box AP50 (detector{ranked}): {mean:.3f}  (" + ", ".join(
                 f"{registry[c].name} {v:.2f}" for c, v in sorted(per.items()) if c in registry.ids) + ")")
         return "\n".join(lines)
