@@ -121,6 +121,13 @@ def test_compacted_weights_load_as_float32_with_half_precision_values(tmp_path):
     with pytest.raises(CheckpointError, match="float16 range"):
         compact_weights(tmp_path / "big.safetensors", tmp_path / "big_h.safetensors")
     assert not (tmp_path / "big_h.safetensors").exists()
+    umask = os.umask(0o022)
+    try:  # readable by others, as any file the user writes (safetensors alone makes it 0600)
+        save_weights(tmp_path / "m.safetensors", net, "toy", {})
+        compact_weights(tmp_path / "w.safetensors", tmp_path / "m16.safetensors")
+        assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("m.safetensors", "m16.safetensors")] == [0o644] * 2
+    finally:
+        os.umask(umask)
 
 def test_config_errors_name_the_key():
     data = load_yaml(CONFIGS / "detector_tiny.yaml")

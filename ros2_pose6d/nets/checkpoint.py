@@ -20,10 +20,15 @@ class CheckpointError(ValueError):
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write through a temporary file and rename: an interrupted write never leaves a truncated file."""
+    """Write through a temporary file and rename: an interrupted write never leaves a truncated file. The
+    file gets the usual mode (0666 less the umask): safetensors creates it 0600, which a ROS node running
+    as another user, or an install copied with its mode, could not read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
