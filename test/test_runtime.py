@@ -17,7 +17,7 @@ from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.frame_cache import FrameCache
 from ros2_pose6d.runtime.outputs import instance_frame, refiner_messages, vision_info
-from ros2_pose6d.runtime.params import DETECTOR, REFINER, validate
+from ros2_pose6d.runtime.params import DETECTOR, DETECTOR_LIVE, REFINER, REFINER_LIVE, accept_changes, validate
 from ros2_pose6d.runtime.tracking import TrackingPolicy
 from ros2_pose6d.runtime.worker import DropOldestWorker
 from ros2_pose6d.viz.overlay import OverlayDrawer, object_colour
@@ -39,6 +39,20 @@ def test_parameter_validation():
         assert expected in text, text
     assert validate(DETECTOR, {"score_threshold": 1.5}) == ["score_threshold must lie in [0.0, 1.0], got 1.5"]
     assert all(s.description for s in DETECTOR + REFINER)
+
+
+def test_parameter_changes_are_applied_or_refused_never_ignored():
+    """A writable parameter is one the node applies while running; others' parameters pass untouched."""
+    for specs, live in ((DETECTOR, DETECTOR_LIVE), (REFINER, REFINER_LIVE)):
+        assert {s.name for s in specs if not s.read_only} == set(live)
+    applied = []
+    qos = "qos_overrides./pose6d/image.subscription.depth"  # declared by rclpy for a subscription
+    assert accept_changes(DETECTOR, {"use_sim_time": True, qos: 5}, applied.append) == ""
+    assert applied == []
+    assert accept_changes(DETECTOR, {"score_threshold": 0.3, "use_sim_time": True}, applied.append) == ""
+    assert applied == [{"score_threshold": 0.3}]
+    reason = accept_changes(DETECTOR, {"score_threshold": 0.3, "nms_iou": 2.0}, applied.append)
+    assert reason == "nms_iou must lie in [0.0, 1.0], got 2.0" and len(applied) == 1  # nothing half-applied
 
 
 def test_frame_cache_matches_by_stamp_and_evicts():

@@ -9,13 +9,14 @@ from rclpy.node import Node
 from ros2_pose6d.estimation.types import FrameError
 from ros2_pose6d.io.ros_convert import ConversionError
 from ros2_pose6d.runtime.diagnostics import NodeStats
-from ros2_pose6d.runtime.params import ParamSpec, validate
+from ros2_pose6d.runtime.params import ParamSpec, accept_changes, validate
 from ros2_pose6d.runtime.sync_monitor import SyncMonitor
 
 
-def declare_params(node: Node, specs: tuple[ParamSpec, ...]) -> dict:
+def declare_params(node: Node, specs: tuple[ParamSpec, ...], apply=None) -> dict:
     """Declare every spec with its type, default, description and range; refuse invalid values at start
-    (ValueError, logged by the caller) and on later changes (SetParametersResult with the reason)."""
+    (ValueError, logged by the caller) and on later changes (SetParametersResult with the reason); valid
+    changes of our parameters go to ``apply(dict)`` (see runtime.params.accept_changes)."""
     for s in specs:
         desc = ParameterDescriptor(description=s.description, read_only=s.read_only)
         if s.range is not None and s.type is float:
@@ -32,10 +33,10 @@ def declare_params(node: Node, specs: tuple[ParamSpec, ...]) -> dict:
         raise ValueError("; ".join(problems))
 
     def on_set(params) -> SetParametersResult:
-        reasons = validate(specs, {p.name: p.value for p in params})
-        if reasons:
-            node.get_logger().warning(f"rejected parameter change: {'; '.join(reasons)}")
-            return SetParametersResult(successful=False, reason="; ".join(reasons))
+        reason = accept_changes(specs, {p.name: p.value for p in params}, apply)
+        if reason:
+            node.get_logger().warning(f"rejected parameter change: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
     node.add_on_set_parameters_callback(on_set)
     return values

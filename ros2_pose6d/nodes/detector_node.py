@@ -20,7 +20,7 @@ from ros2_pose6d.nodes.common import (
 )
 from ros2_pose6d.runtime.diagnostics import NodeStats
 from ros2_pose6d.runtime.frame_cache import FrameCache
-from ros2_pose6d.runtime.params import DETECTOR
+from ros2_pose6d.runtime.params import DETECTOR, DETECTOR_LIVE
 
 
 def resolve_device(device: str) -> str:
@@ -39,7 +39,7 @@ class DetectorNode(Node):
         from ros2_pose6d.resources import default_objects_yaml, weights_dir
         from ros2_pose6d_msgs.msg import ObjectPoseArray
 
-        p = declare_params(self, DETECTOR)
+        p = declare_params(self, DETECTOR, self.apply_params)
         self.registry = ObjectRegistry.from_yaml(p["objects"] or default_objects_yaml())
         weights = p["detector_weights"] or str(weights_dir() / "detector_demo.safetensors")
         self.detector = Detector.from_weights(weights, self.registry, resolve_device(p["device"]),
@@ -52,6 +52,13 @@ class DetectorNode(Node):
         self.worker = start_worker(self, p, self.stats, "detection")
         self.sync = subscribe_camera(self, p, self.on_frame)
         self.get_logger().info(f"detector ready: {len(self.registry)} objects, weights {weights}")
+
+    def apply_params(self, changed: dict) -> None:
+        """`ros2 param set` of a detection parameter takes effect from the next frame."""
+        detector = getattr(self, "detector", None)
+        for name in DETECTOR_LIVE:
+            if name in changed and detector is not None:
+                setattr(detector, name, changed[name])
 
     def on_frame(self, image: Image, info: CameraInfo) -> None:
         try:

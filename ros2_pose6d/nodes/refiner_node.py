@@ -44,7 +44,7 @@ class RefinerNode(Node):
         from ros2_pose6d.viz.overlay import OverlayDrawer
         from ros2_pose6d_msgs.msg import ObjectPoseArray
 
-        p = self.p = declare_params(self, REFINER)
+        p = self.p = declare_params(self, REFINER, self.apply_params)
         objects_yaml = p["objects"] or str(default_objects_yaml())
         self.registry = ObjectRegistry.from_yaml(objects_yaml)
         device = resolve_device(p["device"])
@@ -73,6 +73,19 @@ class RefinerNode(Node):
         self.worker = start_worker(self, p, self.stats, "refinement")
         self.sync = subscribe_camera(self, p, self.on_frame)
         self.get_logger().info(f"refiner ready: method {p['method']}, tracking {bool(p['tracking'])}")
+
+    def apply_params(self, changed: dict) -> None:
+        """`ros2 param set` of iterations, tf_prefix or the re-detection rule takes effect from the next frame
+        (runtime.params.REFINER_LIVE; the other parameters are read-only)."""
+        if not hasattr(self, "p"):
+            return  # declaration, before the node exists
+        self.p.update(changed)
+        if "iterations" in changed and hasattr(self, "pipeline"):
+            self.pipeline.iterations = changed["iterations"] or None
+        tracking = getattr(self, "tracking", None)
+        if tracking is not None:
+            tracking.redetect_every = self.p["redetect_every"]
+            tracking.fit_error_threshold = self.p["redetect_fit_error"]
 
     # ---- inputs ----
     def on_frame(self, image: Image, info: CameraInfo) -> None:

@@ -3,6 +3,7 @@ here so an invalid value is refused with a clear reason before it reaches the pi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,10 @@ def valid_device(value: str) -> bool:
 COMMON = (
     ParamSpec("objects", "", "objects.yaml of the object set (empty: the shipped demo objects)", read_only=True),
     ParamSpec("device", "auto", "auto | cpu | cuda | cuda:N (auto: the first GPU if torch sees one)", read_only=True),
-    ParamSpec("sync_slop", 0.02, "max stamp difference [s] to pair image and camera_info", (0.0, 1.0)),
-    ParamSpec("queue_size", 10, "message_filters synchroniser queue", (1, 1000)),
-    ParamSpec("diagnostics_period", 1.0, "seconds between diagnostics messages", (0.1, 60.0)),
+    ParamSpec("sync_slop", 0.02, "max stamp difference [s] to pair image and camera_info", (0.0, 1.0),
+              read_only=True),
+    ParamSpec("queue_size", 10, "message_filters synchroniser queue", (1, 1000), read_only=True),
+    ParamSpec("diagnostics_period", 1.0, "seconds between diagnostics messages", (0.1, 60.0), read_only=True),
 )
 
 DETECTOR = COMMON + (
@@ -59,14 +61,15 @@ DETECTOR = COMMON + (
 )
 
 REFINER = COMMON + (
-    ParamSpec("method", "nemo", "refinement method", choices=("deepim", "nemo", "none")),
+    ParamSpec("method", "nemo", "refinement method", choices=("deepim", "nemo", "none"), read_only=True),
     ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default)", (0, 1000)),
-    ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000)),
-    ParamSpec("publish_tf", True, "broadcast a TF frame per object instance"),
+    ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000), read_only=True),
+    ParamSpec("publish_tf", True, "broadcast a TF frame per object instance", read_only=True),
     ParamSpec("tf_prefix", "pose6d/", "prefix of the per-instance TF frame names"),
-    ParamSpec("tracking", False, "reuse the last refined poses as initialisation between detections"),
+    ParamSpec("tracking", False, "reuse the last refined poses as initialisation between detections",
+              read_only=True),
     ParamSpec("redetect_every", 10, "tracking: take a fresh detection every K frames", (1, 10000)),
     ParamSpec("redetect_fit_error", 0.25, "tracking: re-detect when a fit error passes this (DeepIM scale)",
               (0.0, 1e6)),
@@ -86,3 +89,24 @@ def validate(specs: tuple[ParamSpec, ...], values: dict[str, Any]) -> list[str]:
         if reason:
             out.append(reason)
     return out
+
+
+# The parameters each node applies while running (`ros2 param set`); every other one is read-only, so that
+# no change is accepted and then silently ignored (test_runtime checks the two lists agree with the specs).
+DETECTOR_LIVE = ("score_threshold", "max_detections", "nms_iou")
+REFINER_LIVE = ("iterations", "tf_prefix", "redetect_every", "redetect_fit_error")
+
+
+def accept_changes(specs: tuple[ParamSpec, ...], changes: dict[str, Any],
+                   apply: Callable[[dict[str, Any]], None] | None = None) -> str:
+    """The on-set rule of both nodes: '' when the changes to our parameters are valid (they are then handed
+    to ``apply``), else the reason. Names that are not ours (use_sim_time, the QoS overrides rclpy declares
+    for a subscription) are left to their owners: rejecting them would refuse those declarations."""
+    names = {s.name for s in specs}
+    ours = {k: v for k, v in changes.items() if k in names}
+    reasons = validate(specs, ours)
+    if reasons:
+        return "; ".join(reasons)
+    if ours and apply is not None:
+        apply(ours)
+    return ""
