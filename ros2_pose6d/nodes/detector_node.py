@@ -54,11 +54,11 @@ class DetectorNode(Node):
         self.get_logger().info(f"detector ready: {len(self.registry)} objects, weights {weights}")
 
     def apply_params(self, changed: dict) -> None:
-        """`ros2 param set` of a detection parameter takes effect from the next frame."""
-        detector = getattr(self, "detector", None)
+        """`ros2 param set` of a detection parameter takes effect from the next frame (the callback runs
+        only for changes after start: our parameters are declared before it is registered)."""
         for name in DETECTOR_LIVE:
-            if name in changed and detector is not None:
-                setattr(detector, name, changed[name])
+            if name in changed:
+                setattr(self.detector, name, changed[name])
 
     def on_frame(self, image: Image, info: CameraInfo) -> None:
         try:

@@ -76,16 +76,13 @@ class RefinerNode(Node):
 
     def apply_params(self, changed: dict) -> None:
         """`ros2 param set` of iterations, tf_prefix or the re-detection rule takes effect from the next frame
-        (runtime.params.REFINER_LIVE; the other parameters are read-only)."""
-        if not hasattr(self, "p"):
-            return  # declaration, before the node exists
+        (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for changes after start."""
         self.p.update(changed)
-        if "iterations" in changed and hasattr(self, "pipeline"):
+        if "iterations" in changed:
             self.pipeline.iterations = changed["iterations"] or None
-        tracking = getattr(self, "tracking", None)
-        if tracking is not None:
-            tracking.redetect_every = self.p["redetect_every"]
-            tracking.fit_error_threshold = self.p["redetect_fit_error"]
+        if self.tracking is not None:
+            self.tracking.redetect_every = self.p["redetect_every"]
+            self.tracking.fit_error_threshold = self.p["redetect_fit_error"]
 
     # ---- inputs ----
     def on_frame(self, image: Image, info: CameraInfo) -> None:
