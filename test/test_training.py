@@ -129,6 +129,7 @@ def test_compacted_weights_load_as_float32_with_half_precision_values(tmp_path):
     finally:
         os.umask(umask)
 
+
 def test_config_errors_name_the_key():
     data = load_yaml(CONFIGS / "detector_tiny.yaml")
     with pytest.raises(ConfigError, match="'lr_typo'"):
