@@ -98,6 +98,54 @@ def test_unknown_norm_is_refused_by_name():
         DeepimNet(DeepimConfig(norm="batch"))
 
 
+def test_pose_head_reads_the_configured_level():
+    """A 64x80 crop is 1x2 at conv6_1 and 4x5 at conv4_1: the pose head must see the shallower map, and
+    without the flow/mask decoder the deeper levels are not built (nothing would train them)."""
+    with pytest.raises(ValueError, match="model.pose_level"):
+        DeepimNet(DeepimConfig(pose_level="conv7"))
+    torch.manual_seed(0)
+    cfg = DeepimConfig(input_size=(64, 80), width=0.125, fc_dim=32, pose_level="conv4_1")
+    full = DeepimNet(cfg)
+    head_only = DeepimNet(DeepimConfig(**{**cfg.__dict__, "flow_head": False, "mask_head": False}))
+    assert list(full.encoder)[-1] == "conv6_1" and list(head_only.encoder)[-1] == "conv4_1"
+    seen = {}
+    full.pool.register_forward_hook(lambda _m, inp, _o: seen.update(shape=inp[0].shape))
+    obs, ren, mask = torch.rand(2, 3, 64, 80), torch.rand(2, 3, 64, 80), torch.ones(2, 1, 64, 80)
+    out = full(obs, ren, mask)
+    assert seen["shape"][-2:] == (4, 5) and out["v"].shape == (2, 3) and out["flow"].shape == (2, 2, 16, 20)
+    assert head_only(obs, ren, mask)["quat"].shape == (2, 4)
+
+
+def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monkeypatch):
+    """est_box_prob: the share of training samples whose zoom window also holds the true box (refining a
+    detection); the others are zoomed from the rendered pose alone (refining a pose without a box)."""
+    import ros2_pose6d.training.tasks.deepim_task as task_module
+    from ros2_pose6d.training.trainer import TrainConfig
+
+    from ros2_pose6d.config import build_config
+
+    seen = []
+
+    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
+        seen.append(est_boxes.clone())
+        raise StopIteration
+
+    monkeypatch.setattr(task_module, "deepim_step", capture)
+    n = 64
+    batch = {"image": torch.zeros(n, 3, 240, 320), "K": K.expand(n, 3, 3), "label": torch.arange(n) % len(registry),
+             "R": torch.eye(3).expand(n, 3, 3), "t": torch.tensor([0.0, 0.0, 0.6]).expand(n, 3)}
+    for prob in (0.0, 0.5, 1.0):
+        cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                         "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32},
+                                         "loss": {"est_box_prob": prob}})
+        with pytest.raises(StopIteration):
+            task_module.DeepimTask(cfg, registry).step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    no_box = [boxes.isnan().all(1) for boxes in seen]  # per probability 0, 0.5, 1
+    assert no_box[0].all() and not no_box[2].any()
+    assert 0.3 < no_box[1].float().mean() < 0.7
+    assert (no_box[1] == seen[1].isnan().any(1)).all()  # a row is the true box or no box, never half of one
+
+
 def test_tiny_network_overfits_perturbed_samples(registry, renderer):
     torch.manual_seed(0)
     net = DeepimNet(TINY)

@@ -35,6 +35,10 @@ class DeepimConfig:
     # "none": FlowNetS as published; "group": GroupNorm after every encoder conv (the idea of FlowNetS-BN
     # with batch-size-independent statistics; its flow and mask heads start learning sooner from scratch)
     norm: str = "none"
+    # the encoder level the pose head reads (pooled to 4x4). DeepIM's conv6_1 is an 8x10 map of a 480x640
+    # crop; of a 64x80 crop it is 1x2, which keeps no layout of the object for the FC layers. A shallower
+    # level (conv4_1: 4x5 there) keeps it.
+    pose_level: str = "conv6_1"
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -58,11 +62,17 @@ class DeepimNet(nn.Module):
         cin = 3 + 3 + 1 + (1 if cfg.observed_mask else 0)
         self.encoder = nn.ModuleDict()
         self.channels = {}
-        for name, c, k, s in FLOWNETS:
+        levels = [name for name, *_ in FLOWNETS]
+        if cfg.pose_level not in levels:
+            raise ValueError(f"model.pose_level: {cfg.pose_level!r} is not an encoder level ({', '.join(levels)})")
+        # without the flow/mask decoder nothing reads the levels deeper than the pose head's: they are not built
+        last = len(levels) if cfg.flow_head or cfg.mask_head else levels.index(cfg.pose_level) + 1
+        for name, c, k, s in FLOWNETS[:last]:
             self.encoder[name] = _conv(cin, ch(c), k, s, cfg.norm)
             cin = self.channels[name] = ch(c)
         self.pool = nn.AdaptiveAvgPool2d((4, 4))  # FC input independent of the crop size
-        self.fc = nn.Sequential(nn.Linear(cin * 16, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True),
+        self.fc = nn.Sequential(nn.Linear(self.channels[cfg.pose_level] * 16, cfg.fc_dim),
+                                nn.LeakyReLU(0.1, inplace=True),
                                 nn.Linear(cfg.fc_dim, cfg.fc_dim), nn.LeakyReLU(0.1, inplace=True))
         # MSRA initialisation as in FlowNet: with PyTorch's default init the input-dependent part of the signal
         # of this 10-layer encoder (no normalisation) shrinks ~1e5x by conv6_1, the pose head sees the same
@@ -99,7 +109,7 @@ class DeepimNet(nn.Module):
         for name, layer in self.encoder.items():
             x = layer(x)
             skips[name] = x
-        h = self.fc(self.pool(x).flatten(1))
+        h = self.fc(self.pool(skips[self.cfg.pose_level]).flatten(1))
         quat = F.normalize(self.rot(h), dim=-1)
         out = {"quat": quat, "R_delta": quaternion_to_matrix(quat), "v": self.trans(h)}
         if self.cfg.flow_head or self.cfg.mask_head:

@@ -32,6 +32,10 @@ class DeepimLossConfig:
     w_point_matching: float = 1.0
     w_flow: float = 0.1
     w_mask: float = 0.03
+    # how often the zoom window also holds the true box, as when refining a detection (its box joins the
+    # rendered one); otherwise the window comes from the rendered pose alone, as when refining a pose with
+    # no box (tracking, or the perturbed-truth evaluation). Always the true box before session 9.
+    est_box_prob: float = 0.5
 
 
 def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float,
@@ -83,6 +87,9 @@ class DeepimTask(TaskBase):
         points_m = m.loss_points[label] * m.diameters[label, None, None]
         renderer = self.renderer(device)
         est = projected_boxes(points_m, R_gt, t_gt, K)  # the observed object's box
+        if lc.est_box_prob < 1.0:  # NaN rows: no estimated box (zoom_window's fmin/fmax skip them)
+            no_box = torch.rand(len(est), generator=gen) >= lc.est_box_prob
+            est = torch.where(no_box.to(est.device)[:, None], torch.full_like(est, float("nan")), est)
         R_pred, t_pred, out, z = deepim_step(self.forward_module, renderer, label, R_src, t_src, K, images,
                                              points_m, est)
         diam = m.diameters[label]
