@@ -140,6 +140,10 @@ def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monke
                                          "loss": {"est_box_prob": prob}})
         with pytest.raises(StopIteration):
             task_module.DeepimTask(cfg, registry).step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                     "loss": {"est_box_prob": 1.5}})
+    with pytest.raises(ValueError, match="loss.est_box_prob"):
+        task_module.DeepimTask(bad, registry)
     no_box = [boxes.isnan().all(1) for boxes in seen]  # per probability 0, 0.5, 1
     assert no_box[0].all() and not no_box[2].any()
     assert 0.3 < no_box[1].float().mean() < 0.7

@@ -59,6 +59,8 @@ class DeepimTask(TaskBase):
         self.cfg, self.registry = cfg, registry
         self.model_cfg = build_config(DeepimConfig, cfg.model, prefix="model")
         self.loss_cfg = build_config(DeepimLossConfig, cfg.loss, prefix="loss")
+        if not 0.0 <= self.loss_cfg.est_box_prob <= 1.0:
+            raise ValueError(f"loss.est_box_prob: {self.loss_cfg.est_box_prob} is not a probability in [0, 1]")
         if self.model_cfg.observed_mask:
             raise ValueError("model.observed_mask: the synthetic instance dataset has no segmentation input to "
                              "feed it; train with observed_mask: false")
