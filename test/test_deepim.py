@@ -150,6 +150,69 @@ def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monke
     assert (no_box[1] == seen[1].isnan().any(1)).all()  # a row is the true box or no box, never half of one
 
 
+def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translation_error(registry, monkeypatch):
+    """loss.point_matching: 'disentangled' sums a rotation term (true translation), a (vx, vy) term and a vz
+    term; the rotation gradient must not depend on how wrong the translation is (with DeepIM's combined
+    L1 loss it does: a large translation error gives every point the same sign)."""
+    import ros2_pose6d.training.tasks.deepim_task as task_module
+    from ros2_pose6d.training.trainer import TrainConfig
+
+    from ros2_pose6d.config import build_config
+    from ros2_pose6d.estimation.deepim_refiner import crop_focal
+    from ros2_pose6d.geometry.deepim_update import apply_update, update_target
+
+    n = 4
+    label = torch.tensor([0, 2, 3, 4])
+    R_gt = rotation_about_axis(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 0], [0, 0, 1.0]]),
+                               torch.tensor([0.5, 1.0, -0.7, 2.0]))
+    batch = {"image": torch.zeros(n, 3, 240, 320), "K": K.expand(n, 3, 3), "label": label, "R": R_gt,
+             "t": torch.tensor([[0.0, 0.0, 0.6], [0.05, 0.02, 0.7], [-0.04, 0.0, 0.5], [0.0, -0.05, 0.8]])}
+    real_step = task_module.deepim_step
+    angle = torch.zeros(1, requires_grad=True)
+    offset = torch.zeros(3)
+
+    def predict(net, renderer, mesh_idx, R_src, t_src, Kb, images, points, est):
+        """The real zoom, with a prediction of a chosen error: rotation by ``angle``, v off by ``offset``."""
+        _, _, out, z = real_step(net, renderer, mesh_idx, R_src, t_src, Kb, images, points, est)
+        fxy = crop_focal(z.K, (48, 64))
+        _, v_gt = update_target(R_src, t_src, batch["R"], batch["t"], fxy)
+        v = v_gt + offset
+        R_pred = rotation_about_axis(torch.tensor([[0.3, 1.0, 0.2]]).expand(n, 3), angle.expand(n)) @ batch["R"]
+        _, t_pred = apply_update(R_src, t_src, R_pred, v, fxy)
+        return R_pred, t_pred, {**out, "v": v}, z
+
+    monkeypatch.setattr(task_module, "deepim_step", predict)
+
+    def loss_and_grad(kind: str, rot: float, trans: tuple[float, float, float]) -> tuple[float, float]:
+        cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                         "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32,
+                                                   "flow_head": False, "mask_head": False},
+                                         "loss": {"point_matching": kind}})
+        with torch.no_grad():
+            angle.fill_(rot)
+            offset.copy_(torch.tensor(trans))
+        angle.grad = None
+        task = task_module.DeepimTask(cfg, registry)
+        loss, parts = task.step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+        loss.backward()
+        return parts["point_matching"], float(angle.grad)
+
+    for kind in ("combined", "disentangled"):
+        assert loss_and_grad(kind, 0.0, (0.0, 0.0, 0.0))[0] < 1e-5  # the true pose costs nothing
+    # only vz wrong: all three terms but the z term vanish, which is then the combined loss
+    only_z = loss_and_grad("combined", 0.0, (0.0, 0.0, 0.3))[0]
+    assert only_z > 0.05 and loss_and_grad("disentangled", 0.0, (0.0, 0.0, 0.3))[0] == pytest.approx(only_z, rel=1e-4)
+    small, large = (0.01, -0.01, 0.02), (0.5, 0.4, 0.6)  # v of (crop widths, crop widths, log scale)
+    g_small = loss_and_grad("disentangled", 0.1, small)[1]
+    assert abs(g_small) > 0.05
+    assert loss_and_grad("disentangled", 0.1, large)[1] == pytest.approx(g_small, rel=1e-5)
+    assert loss_and_grad("combined", 0.1, large)[1] != pytest.approx(loss_and_grad("combined", 0.1, small)[1], rel=0.2)
+    bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                     "loss": {"point_matching": "split"}})
+    with pytest.raises(ValueError, match="loss.point_matching"):
+        task_module.DeepimTask(bad, registry)
+
+
 def test_tiny_network_overfits_perturbed_samples(registry, renderer):
     torch.manual_seed(0)
     net = DeepimNet(TINY)

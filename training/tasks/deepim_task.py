@@ -15,9 +15,10 @@ from ros2_pose6d.training.tasks import TaskBase
 from torch import Tensor
 
 from ros2_pose6d.config import build_config
-from ros2_pose6d.estimation.deepim_refiner import deepim_step
+from ros2_pose6d.estimation.deepim_refiner import crop_focal, deepim_step
 from ros2_pose6d.estimation.model_set import build_model_set
 from ros2_pose6d.estimation.zoom import flow_between, projected_boxes
+from ros2_pose6d.geometry.deepim_update import apply_update, update_target
 from ros2_pose6d.geometry.rotations import rotation_about_axis
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
 from ros2_pose6d.objects.registry import ObjectRegistry
@@ -36,6 +37,12 @@ class DeepimLossConfig:
     # rendered one); otherwise the window comes from the rendered pose alone, as when refining a pose with
     # no box (tracking, or the perturbed-truth evaluation). Always the true box before session 9.
     est_box_prob: float = 0.5
+    # "combined": DeepIM's point-matching loss on the updated pose. "disentangled": the sum of three such
+    # losses, each with one part predicted and the rest true: rotation, (vx, vy), vz (the disentangled
+    # loss of CosyPose, ECCV 2020). With the L1 loss, a translation error larger than the points'
+    # rotational displacement gives every point the same sign, and the rotation gradient cancels: with the
+    # combined loss rotation is only learned after translation is.
+    point_matching: str = "combined"
 
 
 def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float,
@@ -61,6 +68,9 @@ class DeepimTask(TaskBase):
         self.loss_cfg = build_config(DeepimLossConfig, cfg.loss, prefix="loss")
         if not 0.0 <= self.loss_cfg.est_box_prob <= 1.0:
             raise ValueError(f"loss.est_box_prob: {self.loss_cfg.est_box_prob} is not a probability in [0, 1]")
+        if self.loss_cfg.point_matching not in ("combined", "disentangled"):
+            raise ValueError(f"loss.point_matching: {self.loss_cfg.point_matching!r} is not one of 'combined', "
+                             "'disentangled'")
         if self.model_cfg.observed_mask:
             raise ValueError("model.observed_mask: the synthetic instance dataset has no segmentation input to "
                              "feed it; train with observed_mask: false")
@@ -94,9 +104,19 @@ class DeepimTask(TaskBase):
             est = torch.where(no_box.to(est.device)[:, None], torch.full_like(est, float("nan")), est)
         R_pred, t_pred, out, z = deepim_step(self.forward_module, renderer, label, R_src, t_src, K, images,
                                              points_m, est)
-        diam = m.diameters[label]
-        pm = symmetric_point_matching(R_pred, R_gt, m.loss_points[label], m.symmetries[label],
-                                      t_pred / diam[:, None], t_gt / diam[:, None]).mean()
+        diam = m.diameters[label, None]
+        pts, sym = m.loss_points[label], m.symmetries[label]
+        if lc.point_matching == "combined":
+            pm = symmetric_point_matching(R_pred, R_gt, pts, sym, t_pred / diam, t_gt / diam).mean()
+        else:
+            fxy = crop_focal(z.K, self.model_cfg.input_size)
+            _, v_gt = update_target(R_src, t_src, R_gt, t_gt, fxy)
+            v = out["v"]
+            _, t_xy = apply_update(R_src, t_src, R_gt, torch.cat([v[:, :2], v_gt[:, 2:]], 1), fxy)
+            _, t_z = apply_update(R_src, t_src, R_gt, torch.cat([v_gt[:, :2], v[:, 2:]], 1), fxy)
+            pm = (symmetric_point_matching(R_pred, R_gt, pts, sym, t_gt / diam, t_gt / diam)
+                  + symmetric_point_matching(R_gt, R_gt, pts, sym, t_xy / diam, t_gt / diam)
+                  + symmetric_point_matching(R_gt, R_gt, pts, sym, t_z / diam, t_gt / diam)).mean()
         loss = lc.w_point_matching * pm
         parts = {"point_matching": float(pm.detach())}
         if "flow" in out or "mask_logits" in out:
