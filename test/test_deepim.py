@@ -183,7 +183,7 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
 
     monkeypatch.setattr(task_module, "deepim_step", predict)
 
-    def loss_and_grad(kind: str, rot: float, trans: tuple[float, float, float]) -> tuple[float, float]:
+    def loss_and_grad(kind: str, rot: float, trans: tuple[float, float, float]) -> tuple[dict, float]:
         cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
                                          "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32,
                                                    "flow_head": False, "mask_head": False},
@@ -195,13 +195,16 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
         task = task_module.DeepimTask(cfg, registry)
         loss, parts = task.step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
         loss.backward()
-        return parts["point_matching"], float(angle.grad)
+        return parts, float(angle.grad)
 
     for kind in ("combined", "disentangled"):
-        assert loss_and_grad(kind, 0.0, (0.0, 0.0, 0.0))[0] < 1e-5  # the true pose costs nothing
-    # only vz wrong: all three terms but the z term vanish, which is then the combined loss
-    only_z = loss_and_grad("combined", 0.0, (0.0, 0.0, 0.3))[0]
-    assert only_z > 0.05 and loss_and_grad("disentangled", 0.0, (0.0, 0.0, 0.3))[0] == pytest.approx(only_z, rel=1e-4)
+        assert loss_and_grad(kind, 0.0, (0.0, 0.0, 0.0))[0]["point_matching"] < 1e-5  # the true pose costs nothing
+    # only vz wrong: the rotation and (vx, vy) terms vanish, the z term is then the combined loss
+    only_z = loss_and_grad("combined", 0.0, (0.0, 0.0, 0.3))[0]["point_matching"]
+    parts = loss_and_grad("disentangled", 0.0, (0.0, 0.0, 0.3))[0]
+    assert only_z > 0.05 and parts["point_matching"] == pytest.approx(only_z, rel=1e-4)
+    assert parts["point_matching_rot"] < 1e-6 and parts["point_matching_xy"] < 1e-6
+    assert parts["point_matching_z"] == pytest.approx(only_z, rel=1e-4)
     small, large = (0.01, -0.01, 0.02), (0.5, 0.4, 0.6)  # v of (crop widths, crop widths, log scale)
     g_small = loss_and_grad("disentangled", 0.1, small)[1]
     assert abs(g_small) > 0.05

@@ -114,11 +114,14 @@ class DeepimTask(TaskBase):
             v = out["v"]
             _, t_xy = apply_update(R_src, t_src, R_gt, torch.cat([v[:, :2], v_gt[:, 2:]], 1), fxy)
             _, t_z = apply_update(R_src, t_src, R_gt, torch.cat([v_gt[:, :2], v[:, 2:]], 1), fxy)
-            pm = (symmetric_point_matching(R_pred, R_gt, pts, sym, t_gt / diam, t_gt / diam)
-                  + symmetric_point_matching(R_gt, R_gt, pts, sym, t_xy / diam, t_gt / diam)
-                  + symmetric_point_matching(R_gt, R_gt, pts, sym, t_z / diam, t_gt / diam)).mean()
+            terms = {"rot": symmetric_point_matching(R_pred, R_gt, pts, sym, t_gt / diam, t_gt / diam).mean(),
+                     "xy": symmetric_point_matching(R_gt, R_gt, pts, sym, t_xy / diam, t_gt / diam).mean(),
+                     "z": symmetric_point_matching(R_gt, R_gt, pts, sym, t_z / diam, t_gt / diam).mean()}
+            pm = sum(terms.values())
         loss = lc.w_point_matching * pm
         parts = {"point_matching": float(pm.detach())}
+        if lc.point_matching == "disentangled":  # logged apart: which part the network is learning
+            parts.update({f"point_matching_{k}": float(v.detach()) for k, v in terms.items()})
         if "flow" in out or "mask_logits" in out:
             h, w = self.model_cfg.input_size
             with torch.no_grad():
