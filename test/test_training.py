@@ -18,6 +18,7 @@ from conftest import REPO
 from ros2_pose6d.training.synth import SynthConfig, generate_dataset
 from ros2_pose6d.training.tasks import build_task
 from ros2_pose6d.training.trainer import StepBatchSampler, TrainConfig, Trainer
+from safetensors.torch import load_file
 
 from ros2_pose6d.config import ConfigError, apply_overrides, build_config, load_yaml
 from ros2_pose6d.nets.checkpoint import CheckpointError, compact_weights, load_weights, read_metadata, save_weights
@@ -97,6 +98,32 @@ def test_weights_from_another_architecture_are_refused(registry, split, tmp_path
                                                                  ["model.width=0.25"])), registry)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_weights(tmp_path / "final.safetensors", small.model, "deepim")
+
+
+def test_init_from_starts_a_fresh_run_from_given_weights(split, tmp_path, capsys):
+    """Fine-tuning: a run with init_from starts at step 0 from those weights; a checkpoint already in out_dir
+    wins (resume), and a file that is not such weights is refused before anything is written."""
+    from ros2_pose6d.training.cli_train import main
+
+    def train(out, steps, lr, init=None):
+        args = [str(CONFIGS / "deepim_tiny.yaml"), "--no-progress", "--set", f"data.train={split}", "--set",
+                f"out_dir={out}", "--set", f"optim.steps={steps}", "--set", f"optim.lr={lr}", "--set",
+                "optim.batch_size=2", "--set", "optim.warmup_steps=1"]
+        return main(args + (["--set", f"init_from={init}"] if init else []))
+
+    assert train(tmp_path / "src", 2, 1e-3) == 0
+    src = tmp_path / "src" / "final.safetensors"
+    assert train(tmp_path / "dst", 1, 0.0, src) == 0  # lr 0: the weights stay those it started from
+    assert "starting deepim from the weights in" in capsys.readouterr().out
+    a, b = load_file(str(src)), load_file(str(tmp_path / "dst" / "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metadata(tmp_path / "dst" / "final.safetensors")[2]["step"] == 1
+    assert train(tmp_path / "dst", 2, 1e-3, src) == 0
+    assert "resuming deepim from step 1" in capsys.readouterr().out
+    assert read_metadata(tmp_path / "dst" / "final.safetensors")[2]["step"] == 2
+    with pytest.raises(CheckpointError, match="not found"):
+        train(tmp_path / "none", 1, 1e-3, tmp_path / "missing.safetensors")
+    assert not (tmp_path / "none").exists()
 
 
 def test_compacted_weights_load_as_float32_with_half_precision_values(tmp_path):

@@ -1,6 +1,6 @@
 """``pose6d-train``: train the detector, DeepIM or NeMo from a YAML config (see training/configs/), with
-``--set key.path=value`` overrides. Resumes from <out_dir>/last.safetensors when it exists; works under
-``torchrun --nproc_per_node N`` (DistributedDataParallel)."""
+``--set key.path=value`` overrides. Resumes from <out_dir>/last.safetensors when it exists, else starts
+from the ``init_from`` weights when set; works under ``torchrun --nproc_per_node N`` (DDP)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     train = cfg.data.train
     cfg.data.train = [resolve(p) for p in train] if isinstance(train, list) else resolve(train)
     cfg.data.objects, cfg.data.models_dir = resolve(cfg.data.objects), resolve(cfg.data.models_dir)
+    cfg.init_from = resolve(cfg.init_from)
     if cfg.data.models_dir:
         registry = ObjectRegistry.from_bop_models(cfg.data.models_dir)
     else:
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             (Path(cfg.out_dir) / name).unlink(missing_ok=True)
     elif trainer.try_resume():
         print(f"resuming {cfg.task} from step {trainer.step} ({cfg.out_dir}/last.safetensors)")
+    if trainer.step == 0 and cfg.init_from:
+        trainer.init_from(cfg.init_from)
+        print(f"starting {cfg.task} from the weights in {cfg.init_from}")
     if trainer.step >= cfg.optim.steps:
         print(f"already trained for {trainer.step} steps (optim.steps = {cfg.optim.steps}); nothing to do")
         return 0

@@ -57,6 +57,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: dict = field(default_factory=dict)  # the task's network config (validated by the task)
     loss: dict = field(default_factory=dict)  # the task's loss config
+    # weights of the same architecture and shape to start from when out_dir holds no checkpoint (fine-tuning:
+    # e.g. DeepIM for new objects from the demo DeepIM, whose network does not depend on the object set);
+    # the step count and the optimiser start afresh
+    init_from: str | None = None
 
 
 class StepBatchSampler(Sampler):
@@ -161,6 +165,10 @@ class Trainer:
             state = torch.load(optim, map_location=self.device, weights_only=True)
             self.optimizer.load_state_dict(state["optimizer"])
         return True
+
+    def init_from(self, path: str | Path) -> None:
+        """Start from the network weights in ``path`` (not its task extras, which belong to its objects)."""
+        load_weights(path, self.model, self.task.arch)
 
     # ---- loop ----
     def train(self, stop_at: int | None = None) -> list[float]:
