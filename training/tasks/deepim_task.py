@@ -112,8 +112,12 @@ class DeepimTask(TaskBase):
             fxy = crop_focal(z.K, self.model_cfg.input_size)
             _, v_gt = update_target(R_src, t_src, R_gt, t_gt, fxy)
             v = out["v"]
-            _, t_xy = apply_update(R_src, t_src, R_gt, torch.cat([v[:, :2], v_gt[:, 2:]], 1), fxy)
-            _, t_z = apply_update(R_src, t_src, R_gt, torch.cat([v_gt[:, :2], v[:, 2:]], 1), fxy)
+
+            def translate(v_mix: Tensor) -> Tensor:  # the translation of the update (its rotation is unused)
+                return apply_update(R_src, t_src, out["R_delta"], v_mix, fxy)[1]
+
+            t_xy = translate(torch.cat([v[:, :2], v_gt[:, 2:]], 1))  # predicted (vx, vy), true vz
+            t_z = translate(torch.cat([v_gt[:, :2], v[:, 2:]], 1))  # true (vx, vy), predicted vz
             terms = {"rot": symmetric_point_matching(R_pred, R_gt, pts, sym, t_gt / diam, t_gt / diam).mean(),
                      "xy": symmetric_point_matching(R_gt, R_gt, pts, sym, t_xy / diam, t_gt / diam).mean(),
                      "z": symmetric_point_matching(R_gt, R_gt, pts, sym, t_z / diam, t_gt / diam).mean()}
@@ -121,7 +125,7 @@ class DeepimTask(TaskBase):
         loss = lc.w_point_matching * pm
         parts = {"point_matching": float(pm.detach())}
         if lc.point_matching == "disentangled":  # logged apart: which part the network is learning
-            parts.update({f"point_matching_{k}": float(v.detach()) for k, v in terms.items()})
+            parts.update({f"point_matching_{name}": float(term.detach()) for name, term in terms.items()})
         if "flow" in out or "mask_logits" in out:
             h, w = self.model_cfg.input_size
             with torch.no_grad():
