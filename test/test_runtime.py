@@ -4,7 +4,6 @@ published messages (against rosbags' classes), overlay pixels, diagnostics."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -65,21 +64,24 @@ def test_frame_cache_matches_by_stamp_and_evicts():
 
 
 def test_slow_model_never_builds_a_queue():
-    results, started = [], threading.Event()
+    """While the model is busy, newer frames replace the waiting one: after a busy spell only the newest is
+    processed. The model blocks on a gate instead of sleeping, so the test does not depend on timing."""
+    results, started, gate = [], threading.Event(), threading.Event()
 
     def slow(x):
         started.set()
-        time.sleep(0.05)
+        assert gate.wait(5.0)
         return x * 10
     w = DropOldestWorker(slow, lambda i, r: results.append(r), lambda i, e: None)
-    for k in range(30):
-        w.submit(k)
-        time.sleep(0.002)
+    w.submit(0)
+    assert started.wait(5.0)  # frame 0 is being processed
+    for k in range(1, 30):
+        w.submit(k)  # each replaces the waiting one: 1..28 are dropped
+    gate.set()
     assert w.wait_idle(5.0)
     w.stop()
-    assert results[-1] == 290  # the newest frame is always the one finally processed
-    assert w.processed + w.dropped == 30 and w.processed <= 5
-    assert results == sorted(results)
+    assert results == [0, 290]  # the newest frame is the one finally processed
+    assert w.processed == 2 and w.dropped == 28
 
 
 def test_worker_survives_errors():

@@ -253,6 +253,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(split, tmp_path, worker
     assert f"resuming deepim from step {step} " in r.stdout and read_metadata(out / "final.safetensors")[2]["step"] \
         == step + 1
 
+
 def test_generate_cli_missing_mesh_is_one_line_and_leaves_nothing(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
