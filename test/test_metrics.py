@@ -13,6 +13,7 @@ from ros2_pose6d.eval import (
     cm_degree,
     mspd,
     mssd,
+    pose_error_parts,
     proj2d,
     read_bop_csv,
     recall,
@@ -58,6 +59,28 @@ def test_rotation_error_and_5cm5deg():
     assert cm_degree(R4, T + [0.04, 0, 0], I3, T)
     assert not cm_degree(R4, T + [0.06, 0, 0], I3, T)
     assert not cm_degree(R4 @ R4, T, I3, T)
+
+
+def _rz(deg: float) -> np.ndarray:
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def test_pose_error_parts_split_rotation_lateral_and_depth():
+    rot, xy, z = pose_error_parts(_rz(30), T + [0.003, 0.004, -0.02], I3, T, np.eye(4)[None])
+    assert (rot, xy, z) == (pytest.approx(30.0), pytest.approx(0.005), pytest.approx(0.02))
+
+
+def test_pose_error_parts_take_the_nearest_symmetric_pose_with_its_offset():
+    """A 180 deg z-symmetry whose transform also shifts the object 1 cm along its z: an estimate turned by
+    175 deg and shifted by that 1 cm is 5 deg from the equivalent pose and has no translation error."""
+    sym = np.stack([np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])])
+    sym[1, 2, 3] = 0.01
+    rot, xy, z = pose_error_parts(_rz(175), T + [0, 0, 0.01], I3, T, sym)
+    assert rot == pytest.approx(5.0) and xy == pytest.approx(0.0, abs=1e-12) and z == pytest.approx(0.0, abs=1e-12)
+    # without the symmetry the same estimate is 175 deg and 1 cm deep off
+    rot, xy, z = pose_error_parts(_rz(175), T + [0, 0, 0.01], I3, T, np.eye(4)[None])
+    assert rot == pytest.approx(175.0) and z == pytest.approx(0.01)
 
 
 def test_vsd_hand_case():
@@ -183,5 +206,36 @@ def test_report_matches_targets_and_prints_no_value_as_a_dash():
     assert s_b["ADD(-S) 0.1d"] == 0.0 and math.isnan(s_b["vis MAE"])
     overall = report.summary("refined")
     assert overall["n"] == 2 and overall["ADD(-S) 0.1d"] == 0.5 and overall["vis MAE"] == pytest.approx(0.3)
-    rows = {line.split()[0]: line.split() for line in report.table(registry).splitlines()[1:]}
+    rows = {line.split()[0]: line.split() for line in report.table(registry).split("\n\n")[0].splitlines()[1:]}
     assert rows[registry[b].name[:13]][-1] == "-" and rows["ALL"][-1] == "0.300"
+
+
+def test_report_error_medians_per_stage_and_table_block():
+    """Two targets of one object: the initial poses are 10 deg / 2 cm deep and 20 deg / 4 cm deep off (medians
+    15 deg, 30 mm); the refined ones exact for the first and missed for the second (median of the matched
+    one: 0)."""
+    from conftest import REPO
+
+    from ros2_pose6d.estimation.types import PoseEstimate
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    a = next(i for i in registry.ids if not registry[i].info.is_symmetric)
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    t1, t2 = np.array([-0.1, 0.0, 0.6]), np.array([0.1, 0.0, 0.7])
+    gts = [GtInstance(a, np.eye(3), t1), GtInstance(a, np.eye(3), t2)]
+    report = Report(image_width=320)
+    report.add_frame("initial", [PoseEstimate(a, _rz(10), t1 + [0, 0, 0.02]),
+                                 PoseEstimate(a, _rz(20), t2 + [0, 0, 0.04])], gts, K, registry)
+    report.add_frame("refined", [PoseEstimate(a, np.eye(3), t1.copy())], gts, K, registry)
+    init, ref = report.error_medians("initial"), report.error_medians("refined")
+    assert init["matched"] == 2 and init["rot deg"] == pytest.approx(15.0) and init["z mm"] == pytest.approx(30.0)
+    assert init["xy mm"] == pytest.approx(0.0, abs=1e-9)
+    assert ref["matched"] == 1 and ref["rot deg"] == pytest.approx(0.0, abs=1e-5) and ref["z mm"] == 0.0
+    assert report.summary("initial")["median rot deg"] == pytest.approx(15.0)
+    assert report.error_medians("refined", a + 1000) == {}
+    block = report.table(registry).split("median errors of the matched targets")[1].splitlines()[2:]
+    rows = {(r.split()[0], r.split()[1]): r.split()[2:] for r in block}
+    assert rows[("ALL", "initial")] == ["2", "15.000", "0.000", "30.000"]
+    assert rows[("ALL", "refined")][0] == "1" and len(rows) == 4

@@ -9,6 +9,7 @@ from ros2_pose6d.eval.metrics import (
     cm_degree,
     mspd,
     mssd,
+    pose_error_parts,
     proj2d,
     recall,
     rotation_error,
@@ -16,5 +17,6 @@ from ros2_pose6d.eval.metrics import (
     vsd,
 )
 
-__all__ = ["BopResult", "add", "add_or_adds", "adds", "average_recall", "cm_degree", "mspd", "mssd", "proj2d",
-           "read_bop_csv", "recall", "rotation_error", "translation_error", "vsd", "write_bop_csv"]
+__all__ = ["BopResult", "add", "add_or_adds", "adds", "average_recall", "cm_degree", "mspd", "mssd",
+           "pose_error_parts", "proj2d", "read_bop_csv", "recall", "rotation_error", "translation_error", "vsd",
+           "write_bop_csv"]

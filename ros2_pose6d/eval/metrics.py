@@ -76,6 +76,17 @@ def mssd(R_e, t_e, R_g, t_g, points: np.ndarray, symmetries: np.ndarray) -> floa
     return float(min(np.linalg.norm(est - _transform(R, t, points), axis=1).max() for R, t in zip(Rs, ts)))
 
 
+def pose_error_parts(R_e, t_e, R_g, t_g, symmetries: np.ndarray) -> tuple[float, float, float]:
+    """(rotation [deg], lateral translation [m], depth [m]) errors against the symmetric ground-truth pose
+    with the smallest rotation error: which part of a pose is wrong. Lateral is the camera-frame (x, y)
+    distance, depth the z difference; a symmetry's offset t_p moves the equivalent pose's translation."""
+    Rs, ts = _symmetric_poses(R_g, t_g, symmetries)
+    rot = [rotation_error(R_e, R) for R in Rs]
+    k = int(np.argmin(rot))
+    d = np.asarray(t_e, dtype=np.float64).reshape(3) - ts[k]
+    return rot[k], float(np.linalg.norm(d[:2])), float(abs(d[2]))
+
+
 def mspd(R_e, t_e, R_g, t_g, points: np.ndarray, symmetries: np.ndarray, K: np.ndarray) -> float:
     """Maximum Symmetry-aware Projection Distance [px] (BOP'19)."""
     pe = _project(_transform(R_e, t_e, points), K)

@@ -17,6 +17,7 @@ from ros2_pose6d.eval.metrics import (
     cm_degree,
     mspd,
     mssd,
+    pose_error_parts,
     proj2d,
     recall,
 )
@@ -35,6 +36,9 @@ class TargetResult:
     mspd: float = math.inf  # [px]
     cm_deg: bool = False
     vis_err: float = math.nan  # |estimated - true visible fraction| when both are known
+    rot_deg: float = math.nan  # symmetry-aware rotation error [deg] (``pose_error_parts``)
+    xy_err: float = math.nan  # lateral (camera x, y) translation error [m]
+    z_err: float = math.nan  # depth error [m]
 
 
 def _truth(g) -> tuple[int, float | None, np.ndarray | None]:
@@ -99,6 +103,7 @@ class Report:
                 res.mssd = mssd(e.R, e.t, g.R, g.t, pts, sym)
                 res.mspd = mspd(e.R, e.t, g.R, g.t, pts, sym, K)
                 res.cm_deg = cm_degree(e.R, e.t, g.R, g.t)
+                res.rot_deg, res.xy_err, res.z_err = pose_error_parts(e.R, e.t, g.R, g.t, sym)
                 if true_vis is not None:
                     res.vis_err = abs(float(e.visibility) - float(true_vis))
             out.append(res)
@@ -116,10 +121,26 @@ class Report:
                 "vis MAE": float(vis.mean()) if len(vis) else math.nan,
                 "5cm5deg": float(np.mean([r.cm_deg for r in rows])),
                 "proj 5px": recall(np.array([r.proj for r in rows]), 5.0 * self.image_width / 640),
-                "AR_MSSD": ar["AR_MSSD"], "AR_MSPD": ar["AR_MSPD"], "AR": ar["AR"]}
+                "AR_MSSD": ar["AR_MSSD"], "AR_MSPD": ar["AR_MSPD"], "AR": ar["AR"],
+                **{f"median {k}": v for k, v in self.error_medians(stage, obj_id).items() if k != "matched"}}
+
+    def error_medians(self, stage: str, obj_id: int | None = None) -> dict[str, float]:
+        """Median rotation [deg], lateral and depth [mm] errors of the matched targets (NaN when none
+        matched; empty when the stage has no target of ``obj_id``): which part of the pose a stage gets
+        wrong, or a refiner fixes."""
+        targets = [r for r in self.targets.get(stage, []) if obj_id is None or r.obj_id == obj_id]
+        if not targets:
+            return {}
+        rows = [r for r in targets if math.isfinite(r.rot_deg)]
+        if not rows:
+            return {"matched": 0, "rot deg": math.nan, "xy mm": math.nan, "z mm": math.nan}
+        return {"matched": len(rows), "rot deg": float(np.median([r.rot_deg for r in rows])),
+                "xy mm": float(np.median([r.xy_err for r in rows])) * 1000,
+                "z mm": float(np.median([r.z_err for r in rows])) * 1000}
 
     def table(self, registry: ObjectRegistry) -> str:
-        """Plain-text table: one row per object and stage, then the overall rows."""
+        """Plain-text tables: the accuracy of each object and stage, then the overall rows; below, the
+        median error parts of the matched targets, per object and stage."""
         cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR", "vis MAE"]
 
         def cell(c: str, v: float) -> str:  # vis MAE has no value when no estimate matched a target: '-'
@@ -142,6 +163,19 @@ class Report:
                 ranked += f", class-wise NMS at IoU {self.ap_nms_iou:g}"
             lines.append(f"box AP50 (detector{ranked}): {mean:.3f}  (" + ", ".join(
                 f"{registry[c].name} {v:.2f}" for c, v in sorted(per.items()) if c in registry.ids) + ")")
+        if not any(self.targets.values()):
+            return "\n".join(lines)
+        parts = ["matched", "rot deg", "xy mm", "z mm"]
+        lines += ["", "median errors of the matched targets (rotation symmetry-aware; xy lateral, z depth):",
+                  f"{'object':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in parts)]
+        keys = [(registry[i].name[:13], i) for i in sorted({r.obj_id for rows in self.targets.values()
+                                                               for r in rows})] + [("ALL", None)]
+        for name, obj_id in keys:
+            for stage in self.targets:
+                m = self.error_medians(stage, obj_id)
+                if m:
+                    lines.append(f"{name:<14}{stage:<10}" + "".join(
+                        f"{m[c]:>14d}" if c == "matched" else cell(c, m[c]) for c in parts))
         return "\n".join(lines)
 
     def plots(self, out_dir: str | Path, registry: ObjectRegistry) -> list[Path]:
