@@ -11,7 +11,7 @@ from ros2_pose6d.training.tasks.deepim_task import perturb_poses
 from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import flow_between, zoom_in
-from ros2_pose6d.geometry.rotations import rotation_about_axis
+from ros2_pose6d.geometry.rotations import geodesic_angle, rotation_about_axis
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.render.rasterize import RasterSettings
@@ -148,6 +148,46 @@ def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monke
     assert no_box[0].all() and not no_box[2].any()
     assert 0.3 < no_box[1].float().mean() < 0.7
     assert (no_box[1] == seen[1].isnan().any(1)).all()  # a row is the true box or no box, never half of one
+
+
+def test_translation_noise_warms_up_with_the_step_and_rotation_noise_does_not(registry, monkeypatch):
+    """loss.trans_warmup_steps: the perturbation's translation offset is 0 at step 0, half at mid warm-up,
+    full after it; the rotation part (same generator) is the same at every step."""
+    import ros2_pose6d.training.tasks.deepim_task as task_module
+    from ros2_pose6d.training.trainer import TrainConfig
+
+    from ros2_pose6d.config import build_config
+
+    seen = []
+
+    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
+        seen.append((R.clone(), t.clone()))
+        raise StopIteration
+
+    monkeypatch.setattr(task_module, "deepim_step", capture)
+    n = 16
+    t_gt = torch.tensor([0.0, 0.0, 0.6]).expand(n, 3)
+    batch = {"image": torch.zeros(n, 3, 240, 320), "K": K.expand(n, 3, 3), "label": torch.arange(n) % len(registry),
+             "R": torch.eye(3).expand(n, 3, 3), "t": t_gt}
+    cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                     "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32},
+                                     "loss": {"trans_warmup_steps": 100}})
+    task = task_module.DeepimTask(cfg, registry)
+    for step in (0, 50, 100, 300):
+        task.before_step(step)
+        with pytest.raises(StopIteration):
+            task.step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    offsets = [t - t_gt for _, t in seen]
+    assert offsets[0].abs().max() == 0 and offsets[2].abs().max() > 0.005
+    torch.testing.assert_close(offsets[1], offsets[2] / 2)
+    torch.testing.assert_close(offsets[3], offsets[2])
+    for R, _ in seen[1:]:
+        torch.testing.assert_close(R, seen[0][0])
+    assert geodesic_angle(seen[0][0], batch["R"]).mean() > 0.1
+    bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                     "loss": {"trans_warmup_steps": -1}})
+    with pytest.raises(ValueError, match="loss.trans_warmup_steps"):
+        task_module.DeepimTask(bad, registry)
 
 
 def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translation_error(registry, monkeypatch):

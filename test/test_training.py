@@ -80,6 +80,33 @@ def test_tiny_config_trains_and_resume_reproduces(name, registry, split, tmp_pat
     assert arch == task.arch and meta["step"] == 12 and "model" in config
 
 
+def test_resumed_deepim_run_continues_the_translation_warm_up(registry, split, tmp_path, one_thread):
+    """The perturbation's translation warm-up is a function of the trainer's step: a run resumed at step 3
+    draws the noise of step 3 (not of step 0) and repeats the losses of the straight run."""
+    noise = []  # the translation std (x) each step used
+
+    def run(out, stop_at=None, resume=False):
+        cfg = _cfg("deepim", split, out, steps=8, batch_size=4, warmup_steps=1)
+        cfg.loss["trans_warmup_steps"] = 6
+        task = build_task(cfg, registry)
+        scheduled = task.trans_std
+        task.trans_std = lambda: noise.append(scheduled()[0]) or scheduled()
+        trainer = Trainer(cfg, task, torch.device("cpu"), progress=False)
+        if resume:
+            assert trainer.try_resume() and trainer.step == 3
+        return trainer.train(stop_at=stop_at)
+
+    torch.manual_seed(0)
+    straight = run(tmp_path / "a")
+    assert noise == pytest.approx([0.01 * min(1, s / 6) for s in range(8)])
+    noise.clear()
+    torch.manual_seed(0)
+    first = run(tmp_path / "b", stop_at=3)
+    rest = run(tmp_path / "b", resume=True)
+    assert noise == pytest.approx([0.01 * min(1, s / 6) for s in range(8)])
+    np.testing.assert_allclose(first + rest, straight, rtol=1e-3, atol=1e-5)
+
+
 def test_step_sampler_is_a_function_of_the_step():
     a = StepBatchSampler(10, 4, seed=1, start_step=0, total_steps=7)
     b = StepBatchSampler(10, 4, seed=1, start_step=4, total_steps=7)

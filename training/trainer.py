@@ -206,6 +206,7 @@ class Trainer:
             for g, base in zip(self.optimizer.param_groups, self.base_lrs):
                 g["lr"] = base * lr_factor(self.step, o.warmup_steps, o.steps)
             gen = torch.Generator().manual_seed(o.seed * 1_000_003 + self.step)
+            self.task.before_step(self.step)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = self.task.step(batch, self.device, gen)
             if not torch.isfinite(loss):

@@ -21,6 +21,9 @@ class TaskBase:
     def load_extra(self, extra: dict[str, Tensor]) -> None:
         pass
 
+    def before_step(self, step: int) -> None:
+        """Called with the step about to run (resumed runs included): for schedules inside the loss."""
+
     def after_step(self, step: int) -> None:
         pass
 

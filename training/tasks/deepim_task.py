@@ -43,6 +43,11 @@ class DeepimLossConfig:
     # rotational displacement gives every point the same sign, and the rotation gradient cancels: with the
     # combined loss rotation is only learned after translation is.
     point_matching: str = "combined"
+    # the translation part of the perturbation grows linearly from 0 to trans_std over these first steps
+    # (the rotation part is at full strength throughout). From scratch, rotation starts to be learned after
+    # ~600 steps when the rendered and observed objects share their centre and scale, and not within 1,000
+    # when they are also shifted by DeepIM's translation noise: the shift hides the rotation cues.
+    trans_warmup_steps: int = 0
 
 
 def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float,
@@ -78,6 +83,18 @@ class DeepimTask(TaskBase):
         self.forward_module = self.model
         self.models = build_model_set(registry, 512, 256)
         self._renderers: dict[str, MeshRenderer] = {}
+        self._step = 0
+        if self.loss_cfg.trans_warmup_steps < 0:
+            raise ValueError(f"loss.trans_warmup_steps: {self.loss_cfg.trans_warmup_steps} is negative")
+
+    def before_step(self, step: int) -> None:
+        self._step = step
+
+    def trans_std(self) -> tuple[float, float, float]:
+        """The translation noise of the current step: ``loss.trans_std`` after its warm-up."""
+        lc = self.loss_cfg
+        scale = min(1.0, self._step / lc.trans_warmup_steps) if lc.trans_warmup_steps > 0 else 1.0
+        return tuple(s * scale for s in lc.trans_std)
 
     def renderer(self, device: torch.device) -> MeshRenderer:
         key = str(device)
@@ -94,7 +111,7 @@ class DeepimTask(TaskBase):
         lc = self.loss_cfg
         images, K = batch["image"].to(device), batch["K"].to(device)
         label, R_gt, t_gt = batch["label"].to(device), batch["R"].to(device), batch["t"].to(device)
-        R_src, t_src = perturb_poses(R_gt, t_gt, gen, lc.rot_std_deg, lc.trans_std)
+        R_src, t_src = perturb_poses(R_gt, t_gt, gen, lc.rot_std_deg, self.trans_std())
         m = self.models.to(device)
         points_m = m.loss_points[label] * m.diameters[label, None, None]
         renderer = self.renderer(device)
