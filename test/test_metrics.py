@@ -67,8 +67,14 @@ def _rz(deg: float) -> np.ndarray:
 
 
 def test_pose_error_parts_split_rotation_lateral_and_depth():
-    rot, xy, z = pose_error_parts(_rz(30), T + [0.003, 0.004, -0.02], I3, T, np.eye(4)[None])
-    assert (rot, xy, z) == (pytest.approx(30.0), pytest.approx(0.005), pytest.approx(0.02))
+    rot, lateral, depth = pose_error_parts(_rz(30), T + [0.003, 0.004, -0.02], I3, T, np.eye(4)[None])
+    assert (rot, lateral, depth) == (pytest.approx(30.0), pytest.approx(0.005), pytest.approx(0.02))
+    # off the optical axis the split follows the line of sight: 10 % farther on the true ray is depth only
+    t = np.array([0.3, 0.0, 0.4])
+    _, lateral, depth = pose_error_parts(I3, 1.1 * t, I3, t, np.eye(4)[None])
+    assert lateral == pytest.approx(0.0, abs=1e-12) and depth == pytest.approx(0.05)
+    _, lateral, depth = pose_error_parts(I3, t + [0.0, 0.02, 0.0], I3, t, np.eye(4)[None])
+    assert lateral == pytest.approx(0.02) and depth == pytest.approx(0.0, abs=1e-12)
 
 
 def test_pose_error_parts_take_the_nearest_symmetric_pose_with_its_offset():
@@ -211,9 +217,9 @@ def test_report_matches_targets_and_prints_no_value_as_a_dash():
 
 
 def test_report_error_medians_per_stage_and_table_block():
-    """Two targets of one object: the initial poses are 10 deg / 2 cm deep and 20 deg / 4 cm deep off (medians
-    15 deg, 30 mm); the refined ones exact for the first and missed for the second (median of the matched
-    one: 0)."""
+    """Two targets of one object: the initial poses are 10 deg / 2 cm deeper and 20 deg / 4 cm deeper (median
+    rotation 15 deg); the refined ones exact for the first and missed for the second (median of the
+    matched one: 0)."""
     from conftest import REPO
 
     from ros2_pose6d.estimation.types import PoseEstimate
@@ -230,12 +236,16 @@ def test_report_error_medians_per_stage_and_table_block():
                                  PoseEstimate(a, _rz(20), t2 + [0, 0, 0.04])], gts, K, registry)
     report.add_frame("refined", [PoseEstimate(a, np.eye(3), t1.copy())], gts, K, registry)
     init, ref = report.error_medians("initial"), report.error_medians("refined")
-    assert init["matched"] == 2 and init["rot deg"] == pytest.approx(15.0) and init["z mm"] == pytest.approx(30.0)
-    assert init["xy mm"] == pytest.approx(0.0, abs=1e-9)
-    assert ref["matched"] == 1 and ref["rot deg"] == pytest.approx(0.0, abs=1e-5) and ref["z mm"] == 0.0
+    assert init["matched"] == 2 and init["rot deg"] == pytest.approx(15.0)
+    # 2 and 4 cm deeper along z, seen along rays 9.5 and 8.1 deg off the axis: mostly depth
+    along = [0.02 * 0.6 / np.hypot(0.1, 0.6), 0.04 * 0.7 / np.hypot(0.1, 0.7)]
+    across = [0.02 * 0.1 / np.hypot(0.1, 0.6), 0.04 * 0.1 / np.hypot(0.1, 0.7)]
+    assert init["depth mm"] == pytest.approx(np.mean(along) * 1000)
+    assert init["lateral mm"] == pytest.approx(np.mean(across) * 1000)
+    assert ref["matched"] == 1 and ref["rot deg"] == pytest.approx(0.0, abs=1e-5) and ref["depth mm"] == 0.0
     assert report.summary("initial")["median rot deg"] == pytest.approx(15.0)
     assert report.error_medians("refined", a + 1000) == {}
     block = report.table(registry).split("median errors of the matched targets")[1].splitlines()[2:]
     rows = {(r.split()[0], r.split()[1]): r.split()[2:] for r in block}
-    assert rows[("ALL", "initial")] == ["2", "15.000", "0.000", "30.000"]
+    assert rows[("ALL", "initial")] == ["2", "15.000", f"{np.mean(across) * 1000:.3f}", f"{np.mean(along) * 1000:.3f}"]
     assert rows[("ALL", "refined")][0] == "1" and len(rows) == 4

@@ -77,14 +77,18 @@ def mssd(R_e, t_e, R_g, t_g, points: np.ndarray, symmetries: np.ndarray) -> floa
 
 
 def pose_error_parts(R_e, t_e, R_g, t_g, symmetries: np.ndarray) -> tuple[float, float, float]:
-    """(rotation [deg], lateral translation [m], depth [m]) errors against the symmetric ground-truth pose
-    with the smallest rotation error: which part of a pose is wrong. Lateral is the camera-frame (x, y)
-    distance, depth the z difference; a symmetry's offset t_p moves the equivalent pose's translation."""
+    """(rotation [deg], lateral [m], depth [m]) errors against the symmetric ground-truth pose with the
+    smallest rotation error: which part of a pose is wrong. The translation error is split along the line
+    of sight to the true centre (depth) and across it (lateral), as DeepIM splits its update into (vx, vy)
+    and vz: an estimate on the right ray at the wrong distance has no lateral error. A symmetry's offset
+    t_p moves the equivalent pose's translation."""
     Rs, ts = _symmetric_poses(R_g, t_g, symmetries)
     rot = [rotation_error(R_e, R) for R in Rs]
     k = int(np.argmin(rot))
     d = np.asarray(t_e, dtype=np.float64).reshape(3) - ts[k]
-    return rot[k], float(np.linalg.norm(d[:2])), float(abs(d[2]))
+    ray = ts[k] / np.linalg.norm(ts[k])
+    along = float(d @ ray)
+    return rot[k], float(np.linalg.norm(d - along * ray)), abs(along)
 
 
 def mspd(R_e, t_e, R_g, t_g, points: np.ndarray, symmetries: np.ndarray, K: np.ndarray) -> float:

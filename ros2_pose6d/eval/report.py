@@ -37,8 +37,8 @@ class TargetResult:
     cm_deg: bool = False
     vis_err: float = math.nan  # |estimated - true visible fraction| when both are known
     rot_deg: float = math.nan  # symmetry-aware rotation error [deg] (``pose_error_parts``)
-    xy_err: float = math.nan  # lateral (camera x, y) translation error [m]
-    z_err: float = math.nan  # depth error [m]
+    lateral_err: float = math.nan  # translation error across the line of sight [m]
+    depth_err: float = math.nan  # translation error along the line of sight [m]
 
 
 def _truth(g) -> tuple[int, float | None, np.ndarray | None]:
@@ -103,7 +103,7 @@ class Report:
                 res.mssd = mssd(e.R, e.t, g.R, g.t, pts, sym)
                 res.mspd = mspd(e.R, e.t, g.R, g.t, pts, sym, K)
                 res.cm_deg = cm_degree(e.R, e.t, g.R, g.t)
-                res.rot_deg, res.xy_err, res.z_err = pose_error_parts(e.R, e.t, g.R, g.t, sym)
+                res.rot_deg, res.lateral_err, res.depth_err = pose_error_parts(e.R, e.t, g.R, g.t, sym)
                 if true_vis is not None:
                     res.vis_err = abs(float(e.visibility) - float(true_vis))
             out.append(res)
@@ -125,18 +125,18 @@ class Report:
                 **{f"median {k}": v for k, v in self.error_medians(stage, obj_id).items() if k != "matched"}}
 
     def error_medians(self, stage: str, obj_id: int | None = None) -> dict[str, float]:
-        """Median rotation [deg], lateral and depth [mm] errors of the matched targets (NaN when none
-        matched; empty when the stage has no target of ``obj_id``): which part of the pose a stage gets
-        wrong, or a refiner fixes."""
+        """Median rotation [deg], lateral and depth [mm] errors (``pose_error_parts``) of the matched
+        targets (NaN when none matched; empty when the stage has no target of ``obj_id``): which part of
+        the pose a stage gets wrong, or a refiner fixes."""
         targets = [r for r in self.targets.get(stage, []) if obj_id is None or r.obj_id == obj_id]
         if not targets:
             return {}
         rows = [r for r in targets if math.isfinite(r.rot_deg)]
         if not rows:
-            return {"matched": 0, "rot deg": math.nan, "xy mm": math.nan, "z mm": math.nan}
+            return {"matched": 0, "rot deg": math.nan, "lateral mm": math.nan, "depth mm": math.nan}
         return {"matched": len(rows), "rot deg": float(np.median([r.rot_deg for r in rows])),
-                "xy mm": float(np.median([r.xy_err for r in rows])) * 1000,
-                "z mm": float(np.median([r.z_err for r in rows])) * 1000}
+                "lateral mm": float(np.median([r.lateral_err for r in rows])) * 1000,
+                "depth mm": float(np.median([r.depth_err for r in rows])) * 1000}
 
     def table(self, registry: ObjectRegistry) -> str:
         """Plain-text tables: the accuracy of each object and stage, then the overall rows; below, the
@@ -165,8 +165,9 @@ class Report:
                 f"{registry[c].name} {v:.2f}" for c, v in sorted(per.items()) if c in registry.ids) + ")")
         if not any(self.targets.values()):
             return "\n".join(lines)
-        parts = ["matched", "rot deg", "xy mm", "z mm"]
-        lines += ["", "median errors of the matched targets (rotation symmetry-aware; xy lateral, z depth):",
+        parts = ["matched", "rot deg", "lateral mm", "depth mm"]
+        lines += ["", "median errors of the matched targets (rotation symmetry-aware; translation across and "
+                  "along the line of sight):",
                   f"{'object':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in parts)]
         keys = [(registry[i].name[:13], i) for i in sorted({r.obj_id for rows in self.targets.values()
                                                                for r in rows})] + [("ALL", None)]
