@@ -190,6 +190,47 @@ def test_translation_noise_warms_up_with_the_step_and_rotation_noise_does_not(re
         task_module.DeepimTask(bad, registry)
 
 
+def test_clean_observed_renders_fade_out_over_the_warm_up(registry, renderer, monkeypatch):
+    """loss.clean_warmup_steps: at step 0 every observed image is the object rendered at its true pose on
+    black; at mid warm-up about half are; after it none (the dataset's images are used)."""
+    import ros2_pose6d.training.tasks.deepim_task as task_module
+    from ros2_pose6d.training.trainer import TrainConfig
+
+    from ros2_pose6d.config import build_config
+
+    seen = []
+
+    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
+        seen.append(images.clone())
+        raise StopIteration
+
+    monkeypatch.setattr(task_module, "deepim_step", capture)
+    n = 32
+    label = torch.arange(n) % len(registry)
+    R_gt = rotation_about_axis(torch.randn(n, 3, generator=torch.Generator().manual_seed(3)), torch.full((n,), 0.8))
+    t_gt = torch.tensor([0.0, 0.0, 0.6]).expand(n, 3)
+    dataset_images = torch.full((n, 3, 240, 320), 0.5)
+    batch = {"image": dataset_images, "K": K.expand(n, 3, 3), "label": label, "R": R_gt, "t": t_gt}
+    cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                     "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32},
+                                     "loss": {"clean_warmup_steps": 100}})
+    task = task_module.DeepimTask(cfg, registry)
+    for step in (0, 50, 100):
+        task.before_step(step)
+        with pytest.raises(StopIteration):
+            task.step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    clean = renderer.render(label, R_gt, t_gt, K.expand(n, 3, 3), RasterSettings(240, 320))
+    torch.testing.assert_close(seen[0], clean.color.permute(0, 3, 1, 2).clamp(0, 1))
+    assert (seen[0][:, :, 0, 0] == 0).all() and (clean.mask.flatten(1).sum(1) > 100).all()
+    replaced = (seen[1] != dataset_images).flatten(1).any(1).float().mean()
+    assert 0.25 < replaced < 0.75
+    assert torch.equal(seen[2], dataset_images)
+    bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                     "loss": {"clean_warmup_steps": -5}})
+    with pytest.raises(ValueError, match="loss.clean_warmup_steps"):
+        task_module.DeepimTask(bad, registry)
+
+
 def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translation_error(registry, monkeypatch):
     """loss.point_matching: 'disentangled' sums a rotation term (true translation), a (vx, vy) term and a vz
     term; the rotation gradient must not depend on how wrong the translation is (with DeepIM's combined

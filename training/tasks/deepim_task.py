@@ -48,6 +48,11 @@ class DeepimLossConfig:
     # ~600 steps when the rendered and observed objects share their centre and scale, and not within 1,000
     # when they are also shifted by DeepIM's translation noise: the shift hides the rotation cues.
     trans_warmup_steps: int = 0
+    # the share of samples whose observed image is a clean render of the object at its true pose on black
+    # (no background, occluders, lighting or colour change) falls linearly from 1 to 0 over these first
+    # steps. From scratch, rotation starts to be learned after ~600 steps on such pairs, and not within
+    # 1,200 when the same renders are pasted on our synthetic backgrounds.
+    clean_warmup_steps: int = 0
 
 
 def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float,
@@ -84,11 +89,17 @@ class DeepimTask(TaskBase):
         self.models = build_model_set(registry, 512, 256)
         self._renderers: dict[str, MeshRenderer] = {}
         self._step = 0
-        if self.loss_cfg.trans_warmup_steps < 0:
-            raise ValueError(f"loss.trans_warmup_steps: {self.loss_cfg.trans_warmup_steps} is negative")
+        for key in ("trans_warmup_steps", "clean_warmup_steps"):
+            if getattr(self.loss_cfg, key) < 0:
+                raise ValueError(f"loss.{key}: {getattr(self.loss_cfg, key)} is negative")
 
     def before_step(self, step: int) -> None:
         self._step = step
+
+    def clean_share(self) -> float:
+        """The share of clean observed renders at the current step (``loss.clean_warmup_steps``)."""
+        n = self.loss_cfg.clean_warmup_steps
+        return max(0.0, 1.0 - self._step / n) if n > 0 else 0.0
 
     def trans_std(self) -> tuple[float, float, float]:
         """The translation noise of the current step: ``loss.trans_std`` after its warm-up."""
@@ -119,6 +130,14 @@ class DeepimTask(TaskBase):
         if lc.est_box_prob < 1.0:  # NaN rows: no estimated box (zoom_window's fmin/fmax skip them)
             no_box = torch.rand(len(est), generator=gen) >= lc.est_box_prob
             est = torch.where(no_box.to(est.device)[:, None], torch.full_like(est, float("nan")), est)
+        share = self.clean_share()  # early steps: some observed images are clean renders (see the config)
+        clean = (torch.rand(len(label), generator=gen) < share).to(device) if share > 0 else None
+        if clean is not None and clean.any():
+            with torch.no_grad():
+                r = renderer.render(label[clean], R_gt[clean], t_gt[clean], K[clean],
+                                    RasterSettings(*images.shape[-2:]))
+            images = images.clone()
+            images[clean] = r.color.permute(0, 3, 1, 2).clamp(0, 1).to(images.dtype)
         R_pred, t_pred, out, z = deepim_step(self.forward_module, renderer, label, R_src, t_src, K, images,
                                              points_m, est)
         diam = m.diameters[label, None]
