@@ -116,6 +116,21 @@ def test_pose_head_reads_the_configured_level():
     assert head_only(obs, ren, mask)["quat"].shape == (2, 4)
 
 
+def _capture_step_inputs(monkeypatch) -> list[dict]:
+    """Stops DeepimTask.step at its render-and-compare call and records that call's inputs (source pose,
+    images, estimated boxes) per step, so that tests can check what the task feeds the network."""
+    import ros2_pose6d.training.tasks.deepim_task as task_module
+
+    seen = []
+
+    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
+        seen.append({"R": R.clone(), "t": t.clone(), "images": images.clone(), "est_boxes": est_boxes.clone()})
+        raise StopIteration
+
+    monkeypatch.setattr(task_module, "deepim_step", capture)
+    return seen
+
+
 def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monkeypatch):
     """est_box_prob: the share of training samples whose zoom window also holds the true box (refining a
     detection); the others are zoomed from the rendered pose alone (refining a pose without a box)."""
@@ -124,13 +139,7 @@ def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monke
 
     from ros2_pose6d.config import build_config
 
-    seen = []
-
-    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
-        seen.append(est_boxes.clone())
-        raise StopIteration
-
-    monkeypatch.setattr(task_module, "deepim_step", capture)
+    seen = _capture_step_inputs(monkeypatch)
     n = 64
     batch = {"image": torch.zeros(n, 3, 240, 320), "K": K.expand(n, 3, 3), "label": torch.arange(n) % len(registry),
              "R": torch.eye(3).expand(n, 3, 3), "t": torch.tensor([0.0, 0.0, 0.6]).expand(n, 3)}
@@ -144,10 +153,11 @@ def test_training_windows_mix_detection_boxes_and_rendered_boxes(registry, monke
                                      "loss": {"est_box_prob": 1.5}})
     with pytest.raises(ValueError, match="loss.est_box_prob"):
         task_module.DeepimTask(bad, registry)
-    no_box = [boxes.isnan().all(1) for boxes in seen]  # per probability 0, 0.5, 1
+    boxes = [c["est_boxes"] for c in seen]
+    no_box = [b.isnan().all(1) for b in boxes]  # per probability 0, 0.5, 1
     assert no_box[0].all() and not no_box[2].any()
     assert 0.3 < no_box[1].float().mean() < 0.7
-    assert (no_box[1] == seen[1].isnan().any(1)).all()  # a row is the true box or no box, never half of one
+    assert (no_box[1] == boxes[1].isnan().any(1)).all()  # a row is the true box or no box, never half of one
 
 
 def test_translation_noise_warms_up_with_the_step_and_rotation_noise_does_not(registry, monkeypatch):
@@ -158,13 +168,7 @@ def test_translation_noise_warms_up_with_the_step_and_rotation_noise_does_not(re
 
     from ros2_pose6d.config import build_config
 
-    seen = []
-
-    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
-        seen.append((R.clone(), t.clone()))
-        raise StopIteration
-
-    monkeypatch.setattr(task_module, "deepim_step", capture)
+    seen = _capture_step_inputs(monkeypatch)
     n = 16
     t_gt = torch.tensor([0.0, 0.0, 0.6]).expand(n, 3)
     batch = {"image": torch.zeros(n, 3, 240, 320), "K": K.expand(n, 3, 3), "label": torch.arange(n) % len(registry),
@@ -177,13 +181,13 @@ def test_translation_noise_warms_up_with_the_step_and_rotation_noise_does_not(re
         task.before_step(step)
         with pytest.raises(StopIteration):
             task.step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
-    offsets = [t - t_gt for _, t in seen]
+    offsets = [c["t"] - t_gt for c in seen]
     assert offsets[0].abs().max() == 0 and offsets[2].abs().max() > 0.005
     torch.testing.assert_close(offsets[1], offsets[2] / 2)
     torch.testing.assert_close(offsets[3], offsets[2])
-    for R, _ in seen[1:]:
-        torch.testing.assert_close(R, seen[0][0])
-    assert geodesic_angle(seen[0][0], batch["R"]).mean() > 0.1
+    for c in seen[1:]:
+        torch.testing.assert_close(c["R"], seen[0]["R"])
+    assert geodesic_angle(seen[0]["R"], batch["R"]).mean() > 0.1
     bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
                                      "loss": {"trans_warmup_steps": -1}})
     with pytest.raises(ValueError, match="loss.trans_warmup_steps"):
@@ -198,13 +202,7 @@ def test_clean_observed_renders_fade_out_over_the_warm_up(registry, renderer, mo
 
     from ros2_pose6d.config import build_config
 
-    seen = []
-
-    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
-        seen.append(images.clone())
-        raise StopIteration
-
-    monkeypatch.setattr(task_module, "deepim_step", capture)
+    seen = _capture_step_inputs(monkeypatch)
     n = 32
     label = torch.arange(n) % len(registry)
     R_gt = rotation_about_axis(torch.randn(n, 3, generator=torch.Generator().manual_seed(3)), torch.full((n,), 0.8))
@@ -220,11 +218,12 @@ def test_clean_observed_renders_fade_out_over_the_warm_up(registry, renderer, mo
         with pytest.raises(StopIteration):
             task.step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
     clean = renderer.render(label, R_gt, t_gt, K.expand(n, 3, 3), RasterSettings(240, 320))
-    torch.testing.assert_close(seen[0], clean.color.permute(0, 3, 1, 2).clamp(0, 1))
-    assert (seen[0][:, :, 0, 0] == 0).all() and (clean.mask.flatten(1).sum(1) > 100).all()
-    replaced = (seen[1] != dataset_images).flatten(1).any(1).float().mean()
+    images = [c["images"] for c in seen]
+    torch.testing.assert_close(images[0], clean.color.permute(0, 3, 1, 2).clamp(0, 1))
+    assert (images[0][:, :, 0, 0] == 0).all() and (clean.mask.flatten(1).sum(1) > 100).all()
+    replaced = (images[1] != dataset_images).flatten(1).any(1).float().mean()
     assert 0.25 < replaced < 0.75
-    assert torch.equal(seen[2], dataset_images)
+    assert torch.equal(images[2], dataset_images)
     bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
                                      "loss": {"clean_warmup_steps": -5}})
     with pytest.raises(ValueError, match="loss.clean_warmup_steps"):
