@@ -75,6 +75,8 @@ def test_pose_error_parts_split_rotation_lateral_and_depth():
     assert lateral == pytest.approx(0.0, abs=1e-12) and depth == pytest.approx(0.05)
     _, lateral, depth = pose_error_parts(I3, t + [0.0, 0.02, 0.0], I3, t, np.eye(4)[None])
     assert lateral == pytest.approx(0.02) and depth == pytest.approx(0.0, abs=1e-12)
+    # a true centre at the camera has no line of sight: the optical axis stands in (no division by zero)
+    assert pose_error_parts(I3, [0.03, 0.0, 0.04], I3, np.zeros(3), np.eye(4)[None])[1:] == pytest.approx((0.03, 0.04))
 
 
 def test_pose_error_parts_take_the_nearest_symmetric_pose_with_its_offset():

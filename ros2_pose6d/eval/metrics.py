@@ -86,7 +86,8 @@ def pose_error_parts(R_e, t_e, R_g, t_g, symmetries: np.ndarray) -> tuple[float,
     rot = [rotation_error(R_e, R) for R in Rs]
     k = int(np.argmin(rot))
     d = np.asarray(t_e, dtype=np.float64).reshape(3) - ts[k]
-    ray = ts[k] / np.linalg.norm(ts[k])
+    dist = np.linalg.norm(ts[k])
+    ray = ts[k] / dist if dist > 0 else np.array([0.0, 0.0, 1.0])  # a centre at the camera: the optical axis
     along = float(d @ ray)
     return rot[k], float(np.linalg.norm(d - along * ray)), abs(along)
 
