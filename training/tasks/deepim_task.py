@@ -52,7 +52,8 @@ class DeepimLossConfig:
     # (no background, occluders, lighting or colour change) falls linearly from 1 to 0 over these first
     # steps. From scratch, rotation starts to be learned after ~600 steps on such pairs, and not within
     # 1,200 when the same renders are pasted on our synthetic backgrounds. Not yet shown to help the full
-    # task: with both warm-ups at 2,000 steps a from-scratch run had not started on rotation by step 1,500.
+    # task: with both warm-ups at 6,000 steps, by step 2,000 of a from-scratch run the clean samples' rotation
+    # error was cut by 4 % and the real ones' not at all.
     clean_warmup_steps: int = 0
 
 
