@@ -124,6 +124,10 @@ class Report:
                 "AR_MSSD": ar["AR_MSSD"], "AR_MSPD": ar["AR_MSPD"], "AR": ar["AR"],
                 **{f"median {k}": v for k, v in self.error_medians(stage, obj_id).items() if k != "matched"}}
 
+    def object_ids(self) -> list[int]:
+        """The object ids with targets in any stage, sorted."""
+        return sorted({r.obj_id for rows in self.targets.values() for r in rows})
+
     def error_medians(self, stage: str, obj_id: int | None = None) -> dict[str, float]:
         """Median rotation [deg], lateral and depth [mm] errors (``pose_error_parts``) of the matched
         targets (NaN when none matched; empty when the stage has no target of ``obj_id``): which part of
@@ -146,7 +150,7 @@ class Report:
         def cell(c: str, v: float) -> str:  # vis MAE has no value when no estimate matched a target: '-'
             return f"{v:>14d}" if c == "n" else f"{'-':>14}" if math.isnan(v) else f"{v:>14.3f}"
         lines = [f"{'object':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in cols)]
-        for obj_id in sorted({r.obj_id for rows in self.targets.values() for r in rows}):
+        for obj_id in self.object_ids():
             name = registry[obj_id].name
             for stage in self.targets:
                 s = self.summary(stage, obj_id)
@@ -169,8 +173,7 @@ class Report:
         lines += ["", "median errors of the matched targets (rotation symmetry-aware; translation across and "
                   "along the line of sight):",
                   f"{'object':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in parts)]
-        keys = [(registry[i].name[:13], i) for i in sorted({r.obj_id for rows in self.targets.values()
-                                                               for r in rows})] + [("ALL", None)]
+        keys = [(registry[i].name[:13], i) for i in self.object_ids()] + [("ALL", None)]
         for name, obj_id in keys:
             for stage in self.targets:
                 m = self.error_medians(stage, obj_id)
@@ -199,7 +202,7 @@ class Report:
         curves = out_dir / "recall_curves.png"
         fig.savefig(curves, dpi=100)
         plt.close(fig)
-        ids = sorted({r.obj_id for rows in self.targets.values() for r in rows})
+        ids = self.object_ids()
         fig, ax = plt.subplots(figsize=(max(6, len(ids) * 0.9), 4))
         width = 0.8 / max(1, len(self.targets))
         for k, stage in enumerate(self.targets):
