@@ -1,7 +1,7 @@
 """NeMo refinement time per object per frame, for the default number of optimisation steps of a config
 (training/configs/nemo_cpu.yaml by default), on 640x480 frames with 1 and 4 objects, with our rasteriser
-kernel and with the pure-PyTorch reference rasteriser, in one run. Random weights: time does not depend on
-them."""
+kernel, with the pure-PyTorch reference rasteriser, and with the kernel but without the config's rotation
+search, in one run. Random weights: time does not depend on them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,14 +35,15 @@ def main() -> None:
     meshes = NeuralMeshes(registry, cfg.mesh_vertices, args.device)
     refiner = NemoRefiner(NemoModel(cfg, meshes.num_vertices), registry, args.device, meshes)
     print(f"device {args.device}, threads {torch.get_num_threads()}, {cfg.steps} steps, crop {cfg.input_size}, "
-          f"{cfg.mesh_vertices}-vertex meshes")
-    print(f"{'objects':>7} {'rasteriser':>11} {'ms/frame':>9} {'ms/object':>10} {'ratio':>6}")
+          f"{cfg.mesh_vertices}-vertex meshes, rotation search {cfg.search_rotations} (best {cfg.search_keep})")
+    print(f"{'objects':>7} {'variant':>11} {'ms/frame':>9} {'ms/object':>10} {'ratio':>6}")
     os.environ["ROS2_POSE6D_FORCE_REFERENCE"] = "0"
     frames = {n: frame_with(registry, n) for n in (1, 4)}  # rendered with our kernel, before any switch
     for n, (frame, ests) in frames.items():
         times = {}
-        for mode in ("kernel", "reference"):
+        for mode in ("kernel", "reference", "no search"):  # the last: kernel, without the rotation search
             os.environ["ROS2_POSE6D_FORCE_REFERENCE"] = "1" if mode == "reference" else "0"
+            refiner.cfg = replace(cfg, search_rotations=0) if mode == "no search" else cfg
             times[mode] = timed(lambda frame=frame, ests=ests: refiner.refine(frame, ests), args.repeats)
             print(f"{n:>7} {mode:>11} {times[mode] * 1e3:>9.0f} {times[mode] * 1e3 / n:>10.0f} "
                   f"{times[mode] / times['kernel']:>5.1f}x")

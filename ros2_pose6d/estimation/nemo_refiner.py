@@ -20,7 +20,7 @@ from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import zoom_window
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics
-from ros2_pose6d.geometry.rotations import axis_angle_to_matrix
+from ros2_pose6d.geometry.rotations import axis_angle_to_matrix, rotation_grid
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, read_model_config
 from ros2_pose6d.nets.nemo import NemoConfig, NemoModel
@@ -36,6 +36,15 @@ def hypothesis_rotations(n: int, device: torch.device) -> Tensor:
     for a in axes[: max(0, n - 1)]:
         out.append(axis_angle_to_matrix(torch.tensor(a, dtype=torch.float32, device=device) * math.radians(30)))
     return torch.stack(out[:n])
+
+
+def rotation_prior(m: Tensor, outlier: float) -> Tensor:
+    """-log((1 - p) exp(-m / 2) + p) of the squared Mahalanobis distance m of a rotation from the given one:
+    m / 2 near it (p = 0: everywhere), levelling off at -log(p) far from it (an outlier share p of starts
+    whose rotation is wrong, uniform over SO(3)). Zero at m = 0."""
+    if outlier <= 0.0:
+        return 0.5 * m
+    return -torch.logaddexp(math.log1p(-outlier) - 0.5 * m, torch.full_like(m, math.log(outlier)))
 
 
 def paste_crop_mask(crop_mask: np.ndarray, window: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -58,6 +67,9 @@ class NemoRefiner:
         self.model = model.to(self.device).eval()
         self.cfg: NemoConfig = model.cfg
         self.registry = registry
+        outlier = self.cfg.prior_rotation_outlier
+        if not 0.0 <= outlier < 1.0:
+            raise ValueError(f"model.prior_rotation_outlier: {outlier} is not a share in [0, 1)")
         self.meshes = meshes or NeuralMeshes(registry, self.cfg.mesh_vertices, self.device)
         if self.meshes.num_vertices != model.bank.vertex_features.shape[0]:
             raise ValueError(f"the weights hold features for {model.bank.vertex_features.shape[0]} vertices but the "
@@ -85,26 +97,50 @@ class NemoRefiner:
         return windows, crop_resize(images, windows, self.cfg.input_size), crop_resize_intrinsics(K, windows,
                                                                                                  self.cfg.input_size)
 
+    @torch.no_grad()
+    def search_rotations(self, features: Tensor, clutter_log: Tensor, K_feat: Tensor, mesh_idx: Tensor,
+                         t0: Tensor, count: int, keep: int) -> Tensor:
+        """NeMo's initialisation: the data term of ``count`` rotations spread over SO(3) at the translations
+        t0 (N, 3); returns the ``keep`` best per instance, best first (keep, N, 3, 3)."""
+        N = len(mesh_idx)
+        grid = rotation_grid(count).to(self.device)
+        chunk = max(1, 512 // N)  # instances rendered at once, to bound the memory
+        scores = []
+        for g in grid.split(chunk):
+            c = len(g)
+            R = g[:, None].expand(c, N, 3, 3).reshape(c * N, 3, 3)
+            loss, _, _ = render_compare(self.meshes, self.model.bank.vertex_features, features.repeat(c, 1, 1, 1),
+                                        clutter_log.repeat(c, 1, 1), mesh_idx.repeat(c), R, t0.repeat(c, 1),
+                                        K_feat.repeat(c, 1, 1), self.cfg.temperature)
+            scores.append(loss.view(c, N))
+        best = torch.cat(scores).topk(min(keep, count), dim=0, largest=False).indices  # (keep, N)
+        return grid[best]
+
     def optimise(self, features: Tensor, K_feat: Tensor, mesh_idx: Tensor, R0: Tensor, t0: Tensor,
                  steps: int, hypotheses: int):
-        """Gradient descent from (R0, t0) (N, ...) and rotated starts; returns the best R, t (lowest loss plus
-        prior), the loss (N,) there (the data term alone: the fit error), occlusion map and rendered mask
-        (N, h, w) at the best pose."""
+        """Gradient descent from (R0, t0) (N, ...), its rotated starts and the best rotations of the global
+        search (``search_rotations``); returns the best R, t (lowest loss plus prior), the loss (N,) there
+        (the data term alone: the fit error), occlusion map and rendered mask (N, h, w) at the best pose."""
         N = len(mesh_idx)
-        Hn = max(1, hypotheses)
-        starts = hypothesis_rotations(Hn, self.device)  # (Hn, 3, 3)
-        Rs = (starts[:, None] @ R0[None]).reshape(Hn * N, 3, 3)
+        bank = self.model.bank
+        clutter_one = clutter_score(features, bank.clutter, self.cfg.temperature).detach()
+        local = hypothesis_rotations(max(1, hypotheses), self.device)  # (Hl, 3, 3)
+        Rs = (local[:, None] @ R0[None]).reshape(-1, 3, 3)
+        if self.cfg.search_rotations > 0 and self.cfg.search_keep > 0:
+            found = self.search_rotations(features, clutter_one, K_feat, mesh_idx, t0, self.cfg.search_rotations,
+                                          self.cfg.search_keep)
+            Rs = torch.cat([Rs, found.reshape(-1, 3, 3)])
+        Hn = len(Rs) // N
+        R0_all = R0.repeat(Hn, 1, 1)
         ts = t0.repeat(Hn, 1)
         idx = mesh_idx.repeat(Hn)
         feats = features.repeat(Hn, 1, 1, 1)
         Kf = K_feat.repeat(Hn, 1, 1)
-        bank = self.model.bank
-        clutter_log = clutter_score(feats, bank.clutter, self.cfg.temperature).detach()
+        clutter_log = clutter_one.repeat(Hn, 1, 1)
         omega = torch.zeros(Hn * N, 3, device=self.device, requires_grad=True)
         delta = torch.zeros(Hn * N, 3, device=self.device, requires_grad=True)
         opt = torch.optim.Adam([{"params": [omega], "lr": self.cfg.lr_rotation},
                                 {"params": [delta], "lr": self.cfg.lr_translation}])
-        R0_all = R0.repeat(Hn, 1, 1)
         sigma_r = math.radians(self.cfg.prior_sigma_rotation_deg)
         sigma_t = torch.tensor(self.cfg.prior_sigma_translation, device=self.device)
         best_loss = torch.full((Hn * N,), float("inf"), device=self.device)
@@ -125,8 +161,8 @@ class NemoRefiner:
             if self.cfg.prior_weight > 0:  # distance from the given pose (a rotated start is already off it);
                 # |R - R0|_F^2 = 4 (1 - cos angle) ~ 2 angle^2, smooth at 0 where the angle's gradient is not
                 rot_sq = (R - R0_all).square().flatten(1).sum(1) / 2
-                mahalanobis = rot_sq / sigma_r**2 + (delta / sigma_t).square().sum(1)
-                loss = loss + self.cfg.prior_weight * 0.5 * mahalanobis
+                prior = rotation_prior(rot_sq / sigma_r**2, self.cfg.prior_rotation_outlier)
+                loss = loss + self.cfg.prior_weight * (prior + 0.5 * (delta / sigma_t).square().sum(1))
             with torch.no_grad():
                 better = alive & torch.isfinite(loss) & (loss < best_loss)
                 best_loss = torch.where(better, loss, best_loss)
@@ -139,9 +175,8 @@ class NemoRefiner:
         pick = best_loss.argmin(0)
         sel = pick * N + torch.arange(N, device=self.device)
         with torch.no_grad():
-            loss, occluded, mask = render_compare(self.meshes, bank.vertex_features, features,
-                                                  clutter_log[:N] if Hn == 1 else clutter_log[sel], mesh_idx,
-                                                  best_R[sel], best_t[sel], K_feat, self.cfg.temperature)
+            loss, occluded, mask = render_compare(self.meshes, bank.vertex_features, features, clutter_one,
+                                                  mesh_idx, best_R[sel], best_t[sel], K_feat, self.cfg.temperature)
         return best_R[sel], best_t[sel], loss, occluded, mask
 
     def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,

@@ -19,6 +19,7 @@ from ros2_pose6d.geometry.rotations import (
     random_rotation,
     rotation_6d_to_matrix,
     rotation_about_axis,
+    rotation_grid,
 )
 from ros2_pose6d.geometry.se3 import compose, from_matrix, inverse, to_matrix, transform_points
 
@@ -26,6 +27,6 @@ __all__ = [
     "apply_update", "axis_angle_to_matrix", "backproject", "boxes_from_points", "compose", "crop_resize",
     "crop_resize_intrinsics", "from_matrix", "geodesic_angle", "inverse", "matrix_to_axis_angle",
     "matrix_to_quaternion", "matrix_to_rotation_6d", "project", "quaternion_to_matrix", "random_rotation",
-    "rotation_6d_to_matrix", "rotation_about_axis", "to_matrix", "transform_points", "update_target",
+    "rotation_6d_to_matrix", "rotation_about_axis", "rotation_grid", "to_matrix", "transform_points", "update_target",
     "zoom_in_boxes",
 ]

@@ -6,6 +6,8 @@ the 6D representation (Zhou et al. 2019) is the first two columns of the matrix,
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -95,6 +97,20 @@ def random_rotation(n: int, generator: torch.Generator | None = None, dtype: tor
     """(n, 3, 3) rotations uniform on SO(3) (normalised Gaussian quaternions)."""
     q = torch.randn(n, 4, generator=generator, dtype=dtype)
     return quaternion_to_matrix(q)
+
+
+def rotation_grid(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(n, 3, 3) rotations spread evenly over SO(3), the same for every call: the Super-Fibonacci spiral of
+    unit quaternions (Alexa, CVPR 2022). A starting grid for a global rotation search, where random samples
+    would leave gaps and NeMo's azimuth/elevation grid crowds at the poles."""
+    if n < 1:
+        raise ValueError(f"a rotation grid needs at least one rotation, not {n}")
+    s = torch.arange(n, dtype=torch.float64) + 0.5
+    r, r_c = torch.sqrt(s / n), torch.sqrt(1.0 - s / n)
+    alpha = 2 * math.pi * s / math.sqrt(2.0)
+    beta = 2 * math.pi * s / 1.533751168755204288118041  # the real root of psi^4 = psi + 4
+    q = torch.stack([r * torch.sin(alpha), r * torch.cos(alpha), r_c * torch.sin(beta), r_c * torch.cos(beta)], -1)
+    return quaternion_to_matrix(q).to(dtype)
 
 
 def rotation_about_axis(axis: Tensor, angle: Tensor) -> Tensor:

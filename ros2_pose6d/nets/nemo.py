@@ -32,11 +32,21 @@ class NemoConfig:
     lr_rotation: float = 0.05  # Adam step on the axis-angle update [rad]
     lr_translation: float = 0.004  # Adam step on the translation update [m]
     hypotheses: int = 1  # 1 = start from the given pose only; more adds rotated starts (+-30 deg about z, x)
+    # NeMo's initialisation: score this many rotations spread over SO(3) at the start translation (the data
+    # term alone, no descent) and add the best ``search_keep`` of them as starting poses; 0 = off. For start
+    # poses whose rotation may be far off (a detector's), which the +-30 deg hypotheses cannot reach.
+    search_rotations: int = 0
+    search_keep: int = 2
     # Gaussian prior around the start pose (MAP instead of maximum likelihood): weight x 0.5 x the squared
     # Mahalanobis distance of the pose from the start pose, added to the loss (a mean over the crop's pixels);
     # 0 = off. It holds the pose where the features say little and lets strong evidence move it.
     prior_weight: float = 0.0
     prior_sigma_rotation_deg: float = 15.0
+    # robust rotation prior: (1 - p) N(given rotation, sigma) + p uniform, so a rotation far from the given one
+    # costs at most about prior_weight x -log(p) instead of growing without bound. That is what the image must
+    # gain for a searched start to override the given rotation (a detector's can be far off), while a close
+    # start (tracking) keeps its rotation where the features are unsure. 0 = the plain Gaussian.
+    prior_rotation_outlier: float = 0.0
     prior_sigma_translation: tuple[float, float, float] = (0.01, 0.01, 0.05)  # [m], camera x, y, z
 
 
