@@ -97,18 +97,24 @@ def test_optimisation_from_a_perturbed_pose_reduces_the_error(registry, meshes):
     assert err_r < 0.5 * err_r0 and err_t < 0.5 * err_t0, (np.rad2deg([err_r0, err_r]), err_t0, err_t)
 
 
-@pytest.mark.parametrize("prior_weight, outlier", [(0.0, 0.0), (0.05, 0.01)])
-def test_rotation_search_recovers_a_start_far_off_in_rotation(registry, meshes, prior_weight, outlier):
-    """NeMo's initialisation: from a start 120 deg off (a detector's wrong rotation), descent alone stays in
-    the wrong basin; scoring a 144-rotation grid first and descending from its best finds the truth, also
-    under the shipped robust pose prior (weight 0.05, outlier share 0.01)."""
-    from dataclasses import replace
+def _start_120deg_off(meshes):
+    """Ideal features of object 1 and a start 120 deg off its true rotation (a detector's wrong rotation)."""
     vf, clutter = _bank(meshes.num_vertices)
     idx = torch.tensor([1])
     R_gt = rotation_about_axis(torch.tensor([[0.3, 1.0, 0.2]]), torch.tensor([0.8]))
     t_gt = torch.tensor([[0.01, -0.01, 0.75]])
     feats, _ = _ideal_features(meshes, vf, clutter, idx, R_gt, t_gt)
     R0 = rotation_about_axis(torch.tensor([[1.0, -0.5, 0.3]]), torch.tensor([float(np.deg2rad(120.0))])) @ R_gt
+    return vf, clutter, idx, R_gt, t_gt, feats, R0
+
+
+@pytest.mark.parametrize("prior_weight, outlier", [(0.0, 0.0), (0.05, 0.01)])
+def test_rotation_search_recovers_a_start_far_off_in_rotation(registry, meshes, prior_weight, outlier):
+    """NeMo's initialisation: from a start 120 deg off (a detector's wrong rotation), descent alone stays in
+    the wrong basin; scoring a 144-rotation grid first and descending from its best finds the truth, also
+    under the shipped robust pose prior (weight 0.05, outlier share 0.01)."""
+    from dataclasses import replace
+    vf, clutter, idx, R_gt, t_gt, feats, R0 = _start_120deg_off(meshes)
     t0 = t_gt + torch.tensor([[0.01, 0.005, 0.01]])
     errors = {}
     for search in (0, 144):
@@ -116,11 +122,11 @@ def test_rotation_search_recovers_a_start_far_off_in_rotation(registry, meshes, 
         ref.cfg = replace(ref.cfg, prior_weight=prior_weight, prior_rotation_outlier=outlier, search_rotations=search,
                           search_keep=2)
         R, _, _, _, _ = ref.optimise(feats, Kf, idx, R0, t0, steps=60, hypotheses=1)
-        errors[search] = float(np.rad2deg(geodesic_angle(R, R_gt)))
+        errors[search] = float(torch.rad2deg(geodesic_angle(R, R_gt)))
     assert errors[0] > 60.0 and errors[144] < 10.0, errors
     best = ref.search_rotations(feats, clutter_score(feats, clutter, 0.1), Kf, idx, t0, 144, 2)
     assert best.shape == (2, 1, 3, 3)
-    assert float(np.rad2deg(geodesic_angle(best[0], R_gt))) < 45.0  # the grid's widest gap is 42 deg
+    assert float(torch.rad2deg(geodesic_angle(best[0], R_gt))) < 45.0  # the grid's widest gap is 42 deg
 
 
 def test_a_gaussian_rotation_prior_pulls_a_searched_start_back_and_the_robust_one_does_not(registry, meshes):
@@ -128,19 +134,14 @@ def test_a_gaussian_rotation_prior_pulls_a_searched_start_back_and_the_robust_on
     than the image gains (0.29 here), so the search cannot override it; the robust prior caps that cost at
     weight x -log(outlier) (0.14)."""
     from dataclasses import replace
-    vf, clutter = _bank(meshes.num_vertices)
-    idx = torch.tensor([1])
-    R_gt = rotation_about_axis(torch.tensor([[0.3, 1.0, 0.2]]), torch.tensor([0.8]))
-    t_gt = torch.tensor([[0.01, -0.01, 0.75]])
-    feats, _ = _ideal_features(meshes, vf, clutter, idx, R_gt, t_gt)
-    R0 = rotation_about_axis(torch.tensor([[1.0, -0.5, 0.3]]), torch.tensor([float(np.deg2rad(120.0))])) @ R_gt
+    vf, clutter, idx, R_gt, t_gt, feats, R0 = _start_120deg_off(meshes)
     errors = {}
     for outlier in (0.0, 0.01):
         ref = _refiner(registry, meshes, vf, clutter, steps=60)
         ref.cfg = replace(ref.cfg, prior_weight=0.03, prior_rotation_outlier=outlier, search_rotations=144,
                           search_keep=2)
         R, _, _, _, _ = ref.optimise(feats, Kf, idx, R0, t_gt, steps=60, hypotheses=1)
-        errors[outlier] = float(np.rad2deg(geodesic_angle(R, R_gt)))
+        errors[outlier] = float(torch.rad2deg(geodesic_angle(R, R_gt)))
     assert errors[0.0] > 60.0 and errors[0.01] < 10.0, errors
 
 

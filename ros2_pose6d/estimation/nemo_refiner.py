@@ -1,7 +1,8 @@
 """NeMo refinement stage: zoom in on each object, extract unit features once, then optimise the pose
 (axis-angle update on the rotation and an offset on the translation) with Adam so that the rendered
 neural-mesh features explain the image better than clutter; several rotated starting poses optionally,
-keeping the best. Outputs the pose, an occlusion map and the visibility it implies, and the final loss."""
+and the best rotations of a global search (NeMo's initialisation), keeping the best. Outputs the pose, an
+occlusion map and the visibility it implies, and the final loss."""
 
 from __future__ import annotations
 
