@@ -157,6 +157,13 @@ def test_robust_rotation_prior_is_quadratic_near_and_levels_off_far():
         NemoRefiner(NemoModel(cfg, 10), ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml"))
 
 
+@pytest.mark.parametrize("key", ["search_rotations", "search_keep"])
+def test_a_negative_search_setting_is_refused_by_name(key):
+    cfg = NemoConfig(backbone=BackboneConfig(18, 8), feature_dim=16, clutter_size=64, **{key: -1})
+    with pytest.raises(ValueError, match=f"model.{key}: -1 is negative"):
+        NemoRefiner(NemoModel(cfg, 10), ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml"))
+
+
 def test_pose_prior_holds_the_start_pose_in_proportion_to_its_weight(registry, meshes):
     """MAP refinement: a strong prior around the start pose keeps it there, a weak one still lets the image
     evidence pull the pose towards the truth; the returned loss is the data term alone (the fit error)."""

@@ -71,6 +71,9 @@ class NemoRefiner:
         outlier = self.cfg.prior_rotation_outlier
         if not 0.0 <= outlier < 1.0:
             raise ValueError(f"model.prior_rotation_outlier: {outlier} is not a share in [0, 1)")
+        for key in ("search_rotations", "search_keep"):  # 0 turns the search off; a negative count is a typo
+            if getattr(self.cfg, key) < 0:
+                raise ValueError(f"model.{key}: {getattr(self.cfg, key)} is negative")
         self.meshes = meshes or NeuralMeshes(registry, self.cfg.mesh_vertices, self.device)
         if self.meshes.num_vertices != model.bank.vertex_features.shape[0]:
             raise ValueError(f"the weights hold features for {model.bank.vertex_features.shape[0]} vertices but the "
