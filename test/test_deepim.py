@@ -278,7 +278,9 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
         return parts, float(angle.grad)
 
     for kind in ("combined", "disentangled"):
-        assert loss_and_grad(kind, 0.0, (0.0, 0.0, 0.0))[0]["point_matching"] < 1e-5  # the true pose costs nothing
+        parts = loss_and_grad(kind, 0.0, (0.0, 0.0, 0.0))[0]
+        assert parts["point_matching"] < 1e-5  # the true pose costs nothing
+        assert parts["metric/rot_error_ratio"] < 1e-3  # and the diagnostic sees the rotation solved
     # only vz wrong: the rotation and (vx, vy) terms vanish, the z term is then the combined loss
     only_z = loss_and_grad("combined", 0.0, (0.0, 0.0, 0.3))[0]["point_matching"]
     parts = loss_and_grad("disentangled", 0.0, (0.0, 0.0, 0.3))[0]
@@ -294,6 +296,27 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
                                      "loss": {"point_matching": "split"}})
     with pytest.raises(ValueError, match="loss.point_matching"):
         task_module.DeepimTask(bad, registry)
+
+
+def test_rotation_error_ratio_is_the_share_of_the_rotation_error_left_after_the_update():
+    """The training diagnostic: 0 when the update lands on the truth or on a symmetric equivalent of it, 1
+    when it leaves the rotation alone, 0.5 half way (the median over the batch)."""
+    from ros2_pose6d.training.tasks.deepim_task import rotation_error_ratio
+
+    n = 5
+    gen = torch.Generator().manual_seed(0)
+    R_gt = rotation_about_axis(torch.randn(n, 3, generator=gen), torch.rand(n, generator=gen) * 3)
+    axis = torch.randn(n, 3, generator=gen)
+    R_src = rotation_about_axis(axis, torch.full((n,), 0.4)) @ R_gt
+    half = rotation_about_axis(axis, torch.full((n,), 0.2)) @ R_gt
+    none = torch.eye(4).expand(n, 1, 4, 4)
+    flip = torch.eye(4).repeat(n, 2, 1, 1)
+    flip[:, 1, :3, :3] = rotation_about_axis(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([torch.pi]))
+    assert rotation_error_ratio(R_gt, R_src, R_gt, none) < 1e-4
+    assert rotation_error_ratio(R_src, R_src, R_gt, none) == pytest.approx(1.0, abs=1e-4)
+    assert rotation_error_ratio(half, R_src, R_gt, none) == pytest.approx(0.5, abs=1e-3)
+    assert rotation_error_ratio(R_gt @ flip[:, 1, :3, :3], R_src, R_gt, flip) < 1e-3
+    assert rotation_error_ratio(R_gt @ flip[:, 1, :3, :3], R_src, R_gt, none) > 5
 
 
 def test_tiny_network_overfits_perturbed_samples(registry, renderer):

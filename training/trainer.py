@@ -220,8 +220,8 @@ class Trainer:
             self.step += 1
             losses.append(float(loss.detach()))
             if writer is not None and self.step % o.log_every == 0:
-                for k, v in parts.items():
-                    writer.add_scalar(f"loss/{k}", v, self.step)
+                for k, v in parts.items():  # a part named "group/name" is a diagnostic, not a loss term
+                    writer.add_scalar(k if "/" in k else f"loss/{k}", v, self.step)
                 writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], self.step)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             bar.update()

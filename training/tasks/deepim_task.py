@@ -19,7 +19,7 @@ from ros2_pose6d.estimation.deepim_refiner import crop_focal, deepim_step
 from ros2_pose6d.estimation.model_set import build_model_set
 from ros2_pose6d.estimation.zoom import flow_between, projected_boxes
 from ros2_pose6d.geometry.deepim_update import apply_update, update_target
-from ros2_pose6d.geometry.rotations import rotation_about_axis
+from ros2_pose6d.geometry.rotations import geodesic_angle, rotation_about_axis
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.render.rasterize import RasterSettings
@@ -69,6 +69,17 @@ def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float
     t_new = t + dt.to(t)
     t_new[:, 2] = t_new[:, 2].clamp_min(0.1)
     return dR @ R, t_new
+
+
+def rotation_error_ratio(R_pred: Tensor, R_src: Tensor, R_gt: Tensor, symmetries: Tensor) -> float:
+    """Median over the batch of the symmetry-aware rotation error after the predicted update over the error
+    before it (symmetries (N, S, 4, 4) in the object frame). 1 means the network has learned no rotation
+    and 0 a perfect one: the point-matching loss mixes rotation with shape and size and hides this."""
+    with torch.no_grad():
+        R_sym = R_gt[:, None] @ symmetries[..., :3, :3].to(R_gt)
+        after = geodesic_angle(R_pred.detach()[:, None].float(), R_sym).amin(1)
+        before = geodesic_angle(R_src[:, None], R_sym).amin(1)
+        return float((after / before.clamp_min(1e-6)).median())
 
 
 class DeepimTask(TaskBase):
@@ -161,7 +172,8 @@ class DeepimTask(TaskBase):
                      "z": symmetric_point_matching(R_gt, R_gt, pts, sym, t_z / diam, t_gt / diam).mean()}
             pm = sum(terms.values())
         loss = lc.w_point_matching * pm
-        parts = {"point_matching": float(pm.detach())}
+        parts = {"point_matching": float(pm.detach()),
+                 "metric/rot_error_ratio": rotation_error_ratio(R_pred, R_src, R_gt, sym)}
         if lc.point_matching == "disentangled":  # logged apart: which part the network is learning
             parts.update({f"point_matching_{name}": float(term.detach()) for name, term in terms.items()})
         if "flow" in out or "mask_logits" in out:
