@@ -296,7 +296,7 @@ sys.path.insert(0, os.environ["TEST_DIR"])
 from ros2_pose6d.config import apply_overrides, build_config, load_yaml
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.training.tasks import build_task
-from ros2_pose6d.training.trainer import StepBatchSampler, TrainConfig, Trainer
+from ros2_pose6d.training.trainer import StepBatchSampler, TrainConfig, Trainer, teardown_distributed
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 if world > 1:
     dist.init_process_group("gloo")
@@ -314,8 +314,7 @@ loss, _ = task.step(collate([ds[i] for i in idx]), torch.device("cpu"), torch.Ge
 loss.backward()
 if rank == 0:
     torch.save({n: p.grad for n, p in tr.model.named_parameters() if p.grad is not None}, os.environ["OUT"] + "/g.pt")
-if world > 1:
-    dist.destroy_process_group()
+teardown_distributed()
 """
 
 
@@ -334,7 +333,7 @@ def test_ddp_two_processes_match_one(registry, split, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                         "29517", str(script)], env=env | {"OUT": str(tmp_path / "ddp")}, capture_output=True,
                        text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]  # a rank's own error comes first
     g2 = torch.load(tmp_path / "ddp" / "g.pt")
     assert g1.keys() == g2.keys()
     for k in g1:

@@ -39,7 +39,7 @@ def stop_on_signals() -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
     from ros2_pose6d.training.tasks import build_task
-    from ros2_pose6d.training.trainer import TrainConfig, Trainer, setup_distributed
+    from ros2_pose6d.training.trainer import TrainConfig, Trainer, setup_distributed, teardown_distributed
 
     from ros2_pose6d.objects.registry import ObjectRegistry
     from ros2_pose6d.resources import default_objects_yaml
@@ -73,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting {cfg.task} from the weights in {cfg.init_from}")
     if trainer.step >= cfg.optim.steps:
         print(f"already trained for {trainer.step} steps (optim.steps = {cfg.optim.steps}); nothing to do")
+        teardown_distributed()
         return 0
     stop_on_signals()
     losses = trainer.train()
+    teardown_distributed()
     if trainer.rank == 0 and losses:
         print(f"trained {cfg.task} to step {trainer.step}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
               f"weights in {Path(cfg.out_dir) / 'final.safetensors'}")

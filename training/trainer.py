@@ -249,3 +249,12 @@ def setup_distributed(device_arg: str) -> torch.device:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def teardown_distributed() -> None:
+    """End a torchrun run: wait until every rank is done (rank 0 writes the final checkpoint last), then
+    close the process group. A rank that closed its connections while a peer still used them could abort
+    it; PyTorch also warns when the group is left open at exit."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
