@@ -96,6 +96,32 @@ def test_permuting_the_models_permutes_the_classes(models):
     torch.testing.assert_close(b[..., -1], a[..., -1], atol=1e-5, rtol=1e-5)
 
 
+def test_kl_visibility_loss_keeps_its_gradient_where_the_sigmoid_saturates(models):
+    """A detector that says 'fully visible' (logit 8) for an object 20 % visible: the L1 loss's gradient on the
+    logit is the sigmoid's slope there (3e-4, over the 2 targets) and training cannot move it; the KL loss's is
+    p - v (0.8, over the 2 targets). An unknown loss name is refused."""
+    K = torch.tensor([[[80.0, 0, 47.5], [0, 80.0, 31.5], [0, 0, 1]]])
+    tg = _targets(models, K)[0]
+    tg["visib"] = torch.tensor([1.0, 0.2])
+    Q = 4
+    base = {"logits": torch.full((1, Q, 8), -10.0), "boxes": torch.full((1, Q, 4), 0.1), "rot6d": torch.zeros(1, Q, 6),
+            "centre": torch.zeros(1, Q, 2), "log_depth": torch.zeros(1, Q)}
+    base["logits"][0, 0, 2] = base["logits"][0, 1, 5] = 10.0
+    base["boxes"][0, :2] = tg["boxes"]
+    grads = {}
+    for name in ("l1", "kl"):
+        logit = torch.full((1, Q), 8.0, requires_grad=True)
+        out = {k: v[None] for k, v in base.items()} | {"visibility": logit.sigmoid()[None],
+                                                         "visibility_logit": logit[None]}
+        total, _ = SmopeCriterion(SmopeLossConfig(visibility_loss=name))(out, [tg], K, (64, 96), models.loss_points,
+                                                                          models.symmetries)
+        total.backward()
+        grads[name] = float(logit.grad[0, 1])  # the 20 % visible object's query
+    assert 0 < grads["l1"] < 2e-4 and grads["kl"] == pytest.approx((torch.sigmoid(torch.tensor(8.0)) - 0.2) / 2)
+    with pytest.raises(ValueError, match="loss.visibility_loss"):
+        SmopeCriterion(SmopeLossConfig(visibility_loss="mse"))
+
+
 def _targets(models, K):
     R = random_rotation(2, torch.Generator().manual_seed(1))
     t = torch.tensor([[0.02, -0.01, 0.6], [-0.05, 0.03, 0.8]])
@@ -103,12 +129,13 @@ def _targets(models, K):
              "R": R, "t": t, "visib": torch.tensor([1.0, 0.6])}]
 
 
-def test_every_loss_term_is_finite_and_positive(models):
+@pytest.mark.parametrize("visibility_loss", ["l1", "kl"])
+def test_every_loss_term_is_finite_and_positive(models, visibility_loss):
     torch.manual_seed(0)
     net = SmopeNet(TINY)
     K = torch.tensor([[[80.0, 0, 47.5], [0, 80.0, 31.5], [0, 0, 1]]])
     out = net(torch.randn(1, 3, 64, 96), models.model_points)
-    crit = SmopeCriterion(SmopeLossConfig())
+    crit = SmopeCriterion(SmopeLossConfig(visibility_loss=visibility_loss))
     total, parts = crit(out, _targets(models, K), K, TINY.image_size, models.loss_points, models.symmetries,
                         models.model_points[..., :3])
     for k in ("class", "bbox", "giou", "rot", "centre", "depth", "visibility", "model"):
@@ -117,7 +144,8 @@ def test_every_loss_term_is_finite_and_positive(models):
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
-def test_pose_terms_vanish_for_a_perfect_prediction(models):
+@pytest.mark.parametrize("visibility_loss", ["l1", "kl"])
+def test_pose_terms_vanish_for_a_perfect_prediction(models, visibility_loss):
     """Build outputs that say exactly the truth: rotation, centre and depth terms are 0, box terms 0."""
     K = torch.tensor([[[80.0, 0, 47.5], [0, 80.0, 31.5], [0, 0, 1]]])
     tg = _targets(models, K)[0]
@@ -137,9 +165,11 @@ def test_pose_terms_vanish_for_a_perfect_prediction(models):
     log_depth[0, :2] = torch.log(tg["t"][:, 2] * W / 80.0)
     vis = torch.zeros(1, Q)
     vis[0, :2] = tg["visib"]
+    vis_logit = torch.logit(vis.double().clamp(1e-12, 1 - 1e-12)).float()  # 1.0 -> a logit of ~28
     out = {k: v[None] for k, v in dict(logits=logits, boxes=boxes, rot6d=rot6d, centre=centre, log_depth=log_depth,
-                                       visibility=vis).items()}
-    _, parts = SmopeCriterion(SmopeLossConfig())(out, [tg], K, (H, W), models.loss_points, models.symmetries)
+                                       visibility=vis, visibility_logit=vis_logit).items()}
+    crit = SmopeCriterion(SmopeLossConfig(visibility_loss=visibility_loss))
+    _, parts = crit(out, [tg], K, (H, W), models.loss_points, models.symmetries)
     for k in ("bbox", "giou", "rot", "centre", "depth", "visibility"):
         assert parts[k] == pytest.approx(0.0, abs=1e-5), k
     assert parts["class"] < 1e-6

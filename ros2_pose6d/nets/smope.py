@@ -99,7 +99,7 @@ class SmopeNet(nn.Module):
         logits, fused = self.attention(hs, latents)
         p = self.pose_head(torch.cat([hs, fused], -1))
         out.update(logits=logits, boxes=boxes, rot6d=p[..., :6], centre=p[..., 6:8], log_depth=p[..., 8],
-                   visibility=p[..., 9].sigmoid())
+                   visibility=p[..., 9].sigmoid(), visibility_logit=p[..., 9])
         return out
 
 
