@@ -31,7 +31,7 @@ class SmopeLossConfig:
     # "l1": |p - v| on the sigmoid output. "kl": the Bernoulli KL divergence of the predicted visible fraction
     # from the true one (binary cross-entropy with soft targets less the target's entropy, so 0 at p = v), on
     # the logit. With L1 the gradient through a saturated sigmoid vanishes and the constant minimiser is the
-    # median, which is 1 where most objects are fully visible: the session-8 demo detector predicts ~1 for
+    # median, which is 1 where most objects are fully visible: the session-13 demo detector predicts ~1 for
     # every object (error +0.8 at 10-30 % visible).
     visibility_loss: str = "l1"
     w_model: float = 1.0
