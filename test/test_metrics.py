@@ -161,6 +161,37 @@ def test_detection_ap50_on_hand_cases():
     assert ap.dets[1] == [(0.9, True), (0.8, False)]
 
 
+def test_detection_visibility_error_pairs_by_box_hits():
+    """Hand case: the top-scored hit of each target is scored (0.9 vs 0.5 -> 0.4; 0.3 vs 0.4 -> 0.1), a
+    duplicate, a false positive and a hit without a known visibility are not; the report prints the mean and
+    puts it in the summary."""
+    from ros2_pose6d.eval.detection import DetectionAP
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    box, far = np.array([0.0, 0.0, 10.0, 10.0]), np.array([50.0, 50.0, 60.0, 60.0])
+    ap = DetectionAP()
+    assert np.isnan(ap.vis_mae()[0]) and ap.vis_mae()[1] == 0
+    ap.add([(1, 0.8, box, 0.1), (1, 0.9, box, 0.9), (1, 0.7, far + 100, 0.0), (2, 0.5, far, 0.3)],
+           [(1, box, 0.5), (2, far, 0.4), (3, box, 1.0)])
+    ap.add([(1, 0.9, box)], [(1, box, 0.5)])  # no visibility on the detection: a hit, not scored
+    assert ap.vis_errors == pytest.approx([0.4, 0.1]) and ap.vis_mae() == pytest.approx((0.25, 2))
+
+    from conftest import REPO
+
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+
+    class Est:
+        object_id, score, bbox_xyxy, visibility = registry.ids[0], 0.7, box, 0.6
+    report = Report()
+    report.add_detections([Est()], [GtInstance(obj_id=registry.ids[0], R=np.eye(3), t=np.zeros(3), visib_fract=0.8,
+                                               bbox_visib=np.array([0.0, 0.0, 10.0, 10.0]))])
+    assert report.detection_summary() == pytest.approx({"box_AP50": 1.0, "box_vis_MAE": 0.2})
+    assert "visibility MAE of the detections that found a target (box IoU >= 0.5, top score first): 0.200 " \
+           "over 1 targets" in report.table(registry)
+    assert Report().detection_summary() == {}
+
+
 def test_detection_ap50_ignores_instances_too_occluded_to_require():
     from ros2_pose6d.eval.detection import DetectionAP
     from ros2_pose6d.eval.report import Report
@@ -182,7 +213,7 @@ def test_detection_ap50_ignores_instances_too_occluded_to_require():
         return GtInstance(obj_id=1, R=np.eye(3), t=np.zeros(3), visib_fract=vis, bbox_visib=np.array(xywh, float))
 
     class Est:
-        object_id, score, bbox_xyxy = 1, 0.7, far
+        object_id, score, bbox_xyxy, visibility = 1, 0.7, far, 1.0
     report = Report()  # min_visib 0.1: the 5 % visible instance is not required, so finding it is no error
     report.add_detections([Est()], [gt(0.05, [50, 50, 10, 10]), gt(0.5, [0, 0, 10, 10])])
     assert report.detection.num_gt[1] == 1 and report.detection.dets[1] == []

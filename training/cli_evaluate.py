@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     write_bop_csv(args.out / "results.csv", csv_rows)
     plots = report.plots(args.out, registry)
     summary = {stage: report.summary(stage) for stage in report.targets}
-    if report.detection.num_gt:
-        summary["box_AP50"] = report.detection.ap50()[0]
+    summary |= report.detection_summary()
     summary["seconds_per_frame"] = float(np.mean(times)) if times else None
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.out / 'results.csv'}, {args.out / 'summary.json'}, " + ", ".join(str(p) for p in plots))

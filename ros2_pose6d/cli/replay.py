@@ -146,8 +146,8 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
 
 def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) -> None:
     summary = {stage: res.report.summary(stage) for stage in res.report.targets} if res.has_gt else {}
-    if res.has_gt and res.report.detection.num_gt:
-        summary["box_AP50"] = res.report.detection.ap50()[0]
+    if res.has_gt:
+        summary |= res.report.detection_summary()
     data = {"accounting": res.accounting(), "interrupted": res.interrupted, "metrics": summary,
             "timing_mean_s": {k: float(np.mean(v)) for k, v in res.timings.items()}, "frames": res.frames}
     (out_dir / "report.json").write_text(json.dumps(data, indent=1, default=float))

@@ -70,9 +70,12 @@ class Report:
             obj_id, vis, xyxy = _truth(g)
             if xyxy is None or xyxy[2] <= xyxy[0]:
                 continue
-            (ignore if vis is not None and vis < self.min_visib else truth).append((obj_id, xyxy))
-        self.detection.add([(e.object_id, e.score, np.asarray(e.bbox_xyxy, float)) for e in estimates], truth,
-                           ignore)
+            if vis is not None and vis < self.min_visib:
+                ignore.append((obj_id, xyxy))
+            else:
+                truth.append((obj_id, xyxy, vis))
+        self.detection.add([(e.object_id, e.score, np.asarray(e.bbox_xyxy, float), e.visibility) for e in estimates],
+                           truth, ignore)
 
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
                   points_step: int = 5) -> None:
@@ -124,6 +127,17 @@ class Report:
                 "AR_MSSD": ar["AR_MSSD"], "AR_MSPD": ar["AR_MSPD"], "AR": ar["AR"],
                 **{f"median {k}": v for k, v in self.error_medians(stage, obj_id).items() if k != "matched"}}
 
+    def detection_summary(self) -> dict[str, float]:
+        """box_AP50 and, where the detections carried a visibility, box_vis_MAE (over the targets the boxes
+        found; ``DetectionAP.vis_mae``); empty without detector ground truth."""
+        if not self.detection.num_gt:
+            return {}
+        out = {"box_AP50": self.detection.ap50()[0]}
+        vis_mae, hits = self.detection.vis_mae()
+        if hits:
+            out["box_vis_MAE"] = vis_mae
+        return out
+
     def object_ids(self) -> list[int]:
         """The object ids with targets in any stage, sorted."""
         return sorted({r.obj_id for rows in self.targets.values() for r in rows})
@@ -167,6 +181,10 @@ class Report:
                 ranked += f", class-wise NMS at IoU {self.ap_nms_iou:g}"
             lines.append(f"box AP50 (detector{ranked}): {mean:.3f}  (" + ", ".join(
                 f"{registry[c].name} {v:.2f}" for c, v in sorted(per.items()) if c in registry.ids) + ")")
+            vis_mae, hits = self.detection.vis_mae()
+            if hits:
+                lines.append(f"visibility MAE of the detections that found a target (box IoU >= "
+                             f"{self.detection.iou:g}, top score first): {vis_mae:.3f} over {hits} targets")
         if not any(self.targets.values()):
             return "\n".join(lines)
         parts = ["matched", "rot deg", "lateral mm", "depth mm"]
