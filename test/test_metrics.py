@@ -171,7 +171,7 @@ def test_detection_visibility_error_pairs_by_box_hits():
     box, far = np.array([0.0, 0.0, 10.0, 10.0]), np.array([50.0, 50.0, 60.0, 60.0])
     ap = DetectionAP()
     assert np.isnan(ap.vis_mae()[0]) and ap.vis_mae()[1] == 0
-    ap.add([(1, 0.8, box, 0.1), (1, 0.9, box, 0.9), (1, 0.7, far + 100, 0.0), (2, 0.5, far, 0.3)],
+    ap.add([(1, 0.8, box, 0.2), (1, 0.9, box, 0.9), (1, 0.7, far + 100, 0.0), (2, 0.5, far, 0.3)],
            [(1, box, 0.5), (2, far, 0.4), (3, box, 1.0)])
     ap.add([(1, 0.9, box)], [(1, box, 0.5)])  # no visibility on the detection: a hit, not scored
     assert ap.vis_errors == pytest.approx([0.4, 0.1]) and ap.vis_mae() == pytest.approx((0.25, 2))
