@@ -197,6 +197,21 @@ def test_config_errors_name_the_key():
         build_task(cfg, None)
 
 
+def test_exponent_numbers_are_numbers(tmp_path):
+    """Configs read numbers as YAML 1.2 does: PyYAML alone (YAML 1.1) returns '5e-5' and '1e4' as strings,
+    and `--set optim.lr=5e-5` (the command in the shipped detector YAML) was refused as not a number."""
+    data = load_yaml(CONFIGS / "detector_tiny.yaml")
+    cfg = build_config(TrainConfig, apply_overrides(data, ["optim.lr=5e-5", "optim.weight_decay=1E-4",
+                                                           "loss.w_visibility=2.5e0", "optim.steps=12"]))
+    assert cfg.optim.lr == 5e-5 and cfg.optim.weight_decay == 1e-4 and cfg.loss["w_visibility"] == 2.5
+    assert cfg.optim.steps == 12 and isinstance(cfg.optim.steps, int)  # integers stay integers
+    (tmp_path / "c.yaml").write_text("optim: {lr: 3e-4, grad_clip: .5e1}\nout_dir: 1e3x\n")
+    read = load_yaml(tmp_path / "c.yaml")
+    assert read["optim"] == {"lr": 3e-4, "grad_clip": 5.0} and read["out_dir"] == "1e3x"
+    with pytest.raises(ConfigError, match="optim.lr"):  # still a clear error for a non-number
+        build_config(TrainConfig, apply_overrides(data, ["optim.lr=1e-"]))
+
+
 def test_several_training_splits_are_one_dataset(registry, split, tmp_path):
     """data.train may list splits (e.g. two generate runs with other backgrounds): the dataset holds every
     instance of each, in the order given; an empty list is refused."""

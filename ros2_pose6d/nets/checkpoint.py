@@ -14,6 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ros2_pose6d.config import parse_yaml
+
 
 class CheckpointError(ValueError):
     """A weights file that is missing, unreadable or for another architecture."""
@@ -55,7 +57,7 @@ def read_metadata(path: str | Path) -> tuple[str, dict, dict]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if "arch" not in md:
         raise CheckpointError(f"{path}: no architecture recorded (not a ros2_pose6d weights file)")
-    return md["arch"], yaml.safe_load(md.get("config", "{}")) or {}, json.loads(md.get("meta", "{}"))
+    return md["arch"], parse_yaml(md.get("config", "{}")) or {}, json.loads(md.get("meta", "{}"))
 
 
 def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ros2_pose6d.config import parse_yaml
 from ros2_pose6d.objects.mesh import ObjectMesh, load_mesh
 from ros2_pose6d.objects.models_info import ModelInfo, ModelsInfoError, read_models_info
 
@@ -103,7 +104,7 @@ class ObjectRegistry:
         """objects.yaml: ``models_dir`` (relative to the yaml file) and ``objects: [{id, name, mesh?}]``."""
         path = Path(path)
         try:
-            cfg = yaml.safe_load(path.read_text())
+            cfg = parse_yaml(path.read_text())
         except FileNotFoundError as exc:
             raise RegistryError(f"{path}: file not found") from exc
         except yaml.YAMLError as exc:
