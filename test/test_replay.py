@@ -76,6 +76,29 @@ def test_replay_writes_one_poses_message_per_frame_and_metrics(registry, pipelin
         assert (tmp_path / "out" / name).is_file(), name
 
 
+def test_pipeline_reports_the_chosen_visibility(registry):
+    """visibility='detector' keeps a detection's own visibility through refinement; a pose refined from an
+    earlier pose (tracking) takes the refiner's, since the detector's would be stale; 'refiner' always takes
+    the refiner's. An unknown source is refused."""
+    from dataclasses import replace
+
+    from ros2_pose6d.estimation.types import Frame, PoseEstimate
+
+    class OcclusionRefiner:  # reports visibility 0.3 for everything, as NeMo's occlusion map would
+        def refine(self, frame, estimates, iterations):
+            return [replace(e, stage="refined", visibility=0.3) for e in estimates]
+
+    frame = Frame(np.zeros((48, 64, 3), np.uint8), np.diag([50.0, 50.0, 1.0]))
+    pose = dict(R=np.eye(3), t=np.array([0.0, 0.0, 0.5]))
+    starts = [PoseEstimate(1, **pose, visibility=0.9, stage="detected"),
+              PoseEstimate(2, **pose, visibility=0.8, stage="tracked")]
+    by_source = {src: [e.visibility for e in Pipeline(registry, None, OcclusionRefiner(), visibility=src)
+                       .refine(frame, starts)] for src in ("refiner", "detector")}
+    assert by_source == {"refiner": [0.3, 0.3], "detector": [0.9, 0.3]}
+    with pytest.raises(ValueError, match="visibility must be one of"):
+        Pipeline(registry, None, OcclusionRefiner(), visibility="nemo")
+
+
 def test_bop2bag_ground_truth_reads_back(registry, scene_bag):
     with BagReader(scene_bag) as r:
         frames = list(r)

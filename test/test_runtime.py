@@ -54,6 +54,22 @@ def test_parameter_changes_are_applied_or_refused_never_ignored():
     assert reason == "nms_iou must lie in [0.0, 1.0], got 2.0" and len(applied) == 1  # nothing half-applied
 
 
+def test_shipped_parameter_file_matches_the_declared_parameters():
+    """config/pipeline.yaml (the launch file's default params_file) lists every declared parameter of each
+    node with its default, and nothing else: a parameter added in code and missing there, or a typo there,
+    fails here instead of being refused by the node at launch."""
+    import yaml
+
+    from ros2_pose6d.estimation.pipeline import VISIBILITY_SOURCES
+
+    shipped = yaml.safe_load((REPO / "config" / "pipeline.yaml").read_text())
+    for node, specs in (("/**/pose6d_detector", DETECTOR), ("/**/pose6d_refiner", REFINER)):
+        values = shipped[node]["ros__parameters"]
+        assert validate(specs, values) == []
+        assert values == {s.name: s.default for s in specs}
+    assert next(s for s in REFINER if s.name == "visibility").choices == VISIBILITY_SOURCES
+
+
 def test_frame_cache_matches_by_stamp_and_evicts():
     cache: FrameCache = FrameCache(3)
     for k in range(5):

@@ -15,6 +15,7 @@ from ros2_pose6d.training.cli_common import run_cli
 from tqdm import tqdm
 
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
+from ros2_pose6d.cli.replay import add_visibility_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deepim", type=Path, help="DeepIM weights")
     p.add_argument("--nemo", type=Path, help="NeMo weights")
     p.add_argument("--iterations", type=int, help="refiner iterations / steps (default: the weights' own)")
+    add_visibility_arg(p)  # with --init detector
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detector score threshold: the detections that are refined and scored as poses")
     p.add_argument("--nms-iou", type=float, default=0.7,
@@ -63,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PipelineConfig(detector_weights=str(args.detector or ""), refiner=args.refiner,
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
                          score_threshold=min(args.score_threshold, args.ap_threshold), nms_iou=args.nms_iou,
-                         refine_iterations=args.iterations)
+                         refine_iterations=args.iterations, visibility=args.visibility)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
         report.ap_min_score, report.ap_nms_iou = cfg.score_threshold, cfg.nms_iou
     else:  # refiner alone
         weights = args.deepim if args.refiner == "deepim" else args.nemo
-        pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations)
+        # the perturbed starts carry no visibility: the refiner's own is reported
+        pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations,
+                        visibility="refiner")
     scenes = read_bop_split(args.split, load_depth=False)
     frames = [(s, i) for s in scenes for i in s.im_ids][: args.max_frames]
     if not frames:

@@ -181,8 +181,17 @@ def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--nms-iou", type=float, default=0.7, help="detector duplicate suppression (1: off)")
     p.add_argument("--iterations", type=int, help="refiner iterations / steps")
+    add_visibility_arg(p)
     p.add_argument("--device", default="cpu")
     add_object_args(p)
+
+
+def add_visibility_arg(p: argparse.ArgumentParser) -> None:
+    from ros2_pose6d.estimation.pipeline import VISIBILITY_SOURCES, PipelineConfig
+    default = PipelineConfig.visibility
+    p.add_argument("--visibility", choices=VISIBILITY_SOURCES, default=default,
+                   help=f"whose visibility a refined detection reports (default {default}; "
+                        "models/weights/README.md compares them; evaluate: with --init detector)")
 
 
 def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
@@ -195,7 +204,7 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
                          refiner=args.refiner, deepim_weights=str(args.deepim or wd / "deepim_demo.safetensors"),
                          nemo_weights=str(args.nemo or wd / "nemo_demo.safetensors"), device=args.device,
                          score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                         refine_iterations=args.iterations)
+                         refine_iterations=args.iterations, visibility=args.visibility)
     return Pipeline.from_config(cfg, registry), registry
 
 

@@ -4,7 +4,7 @@ the demo and ``evaluate`` all run this object; they only convert messages or fil
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +13,12 @@ from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.objects.registry import ObjectRegistry
 
 RefinerName = Literal["deepim", "nemo", "none"]
+# Whose visibility a refined detection reports: the refiner's own (NeMo: from its occlusion map; DeepIM has
+# none and keeps its input's), or the detector's (the visibility head, trained on visib_fract). Poses refined
+# from earlier poses (tracking) always take the refiner's: the detector's would be stale. The default is the
+# detector's, the more accurate of the two with the shipped weights (models/weights/README.md).
+VisibilitySource = Literal["refiner", "detector"]
+VISIBILITY_SOURCES: tuple[str, ...] = ("refiner", "detector")
 
 
 @dataclass
@@ -27,6 +33,7 @@ class PipelineConfig:
     score_threshold: float = 0.5
     nms_iou: float = 0.7  # class-wise duplicate suppression (see Detector); 1 = off
     refine_iterations: int | None = None  # DeepIM iterations / NeMo steps; None = the weights' default
+    visibility: VisibilitySource = "detector"  # see VisibilitySource
 
 
 def build_refiner(method: RefinerName, weights: str | Path, registry: ObjectRegistry, device: str):
@@ -49,10 +56,14 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, registry: ObjectRegistry, detector: Detector | None, refiner=None,
-                 iterations: int | None = None) -> None:
+                 iterations: int | None = None, visibility: VisibilitySource = "detector") -> None:
         """``detector`` may be None for refinement only (tracking, evaluation from given poses);
-        ``iterations``: DeepIM iterations / NeMo steps per call, None for the weights' default."""
+        ``iterations``: DeepIM iterations / NeMo steps per call, None for the weights' default;
+        ``visibility``: whose visibility a refined detection reports (VisibilitySource)."""
+        if visibility not in VISIBILITY_SOURCES:
+            raise ValueError(f"visibility must be one of {', '.join(VISIBILITY_SOURCES)}, got {visibility!r}")
         self.registry, self.detector, self.refiner, self.iterations = registry, detector, refiner, iterations
+        self.visibility = visibility
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, registry: ObjectRegistry) -> Pipeline:
@@ -66,13 +77,18 @@ class Pipeline:
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
                                          score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou)
         weights = cfg.deepim_weights if cfg.refiner == "deepim" else cfg.nemo_weights
-        return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations)
+        return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations,
+                   cfg.visibility)
 
     def refine(self, frame: Frame, estimates: list[PoseEstimate]) -> list[PoseEstimate]:
         """Refine given estimates (tracking reuses the last poses through here)."""
         if self.refiner is None or not estimates:
             return list(estimates)
-        return self.refiner.refine(frame, estimates, self.iterations)
+        refined = self.refiner.refine(frame, estimates, self.iterations)
+        if self.visibility == "detector":  # refiners return their inputs' order
+            refined = [replace(r, visibility=e.visibility) if e.stage == "detected" else r
+                       for e, r in zip(estimates, refined, strict=True)]
+        return refined
 
     def process(self, frame: Frame) -> PipelineResult:
         """Detect and refine one frame. Raises FrameError for a frame that cannot be used."""

@@ -51,7 +51,7 @@ class RefinerNode(Node):
         method = p["method"]
         weights = p.get(f"{method}_weights") or weights_dir() / f"{method}_demo.safetensors"
         self.pipeline = Pipeline(self.registry, None, build_refiner(method, weights, self.registry, device),
-                                 p["iterations"] or None)
+                                 p["iterations"] or None, p["visibility"])
         self.factory = rclpy_factory()
         self.drawer = OverlayDrawer(self.registry)
         self.cache: FrameCache = FrameCache(p["frame_cache"])
@@ -75,11 +75,14 @@ class RefinerNode(Node):
         self.get_logger().info(f"refiner ready: method {p['method']}, tracking {bool(p['tracking'])}")
 
     def apply_params(self, changed: dict) -> None:
-        """`ros2 param set` of iterations, tf_prefix or the re-detection rule takes effect from the next frame
-        (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for changes after start."""
+        """`ros2 param set` of iterations, visibility, tf_prefix or the re-detection rule takes effect from the
+        next frame (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for changes
+        after start."""
         self.p.update(changed)
         if "iterations" in changed:
             self.pipeline.iterations = changed["iterations"] or None
+        if "visibility" in changed:
+            self.pipeline.visibility = changed["visibility"]
         if self.tracking is not None:
             self.tracking.redetect_every = self.p["redetect_every"]
             self.tracking.fit_error_threshold = self.p["redetect_fit_error"]

@@ -65,6 +65,10 @@ REFINER = COMMON + (
     ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default)", (0, 1000)),
+    ParamSpec("visibility", "detector", "whose visibility a refined detection reports: the detector's (set "
+              "refiner if your detections carry none) or the refiner's own (NeMo: its occlusion map); tracked "
+              "poses always take the refiner's",
+              choices=("refiner", "detector")),
     ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000), read_only=True),
     ParamSpec("publish_tf", True, "broadcast a TF frame per object instance", read_only=True),
     ParamSpec("tf_prefix", "pose6d/", "prefix of the per-instance TF frame names"),
@@ -94,7 +98,7 @@ def validate(specs: tuple[ParamSpec, ...], values: dict[str, Any]) -> list[str]:
 # The parameters each node applies while running (`ros2 param set`); every other one is read-only, so that
 # no change is accepted and then silently ignored (test_runtime checks the two lists agree with the specs).
 DETECTOR_LIVE = ("score_threshold", "max_detections", "nms_iou")
-REFINER_LIVE = ("iterations", "tf_prefix", "redetect_every", "redetect_fit_error")
+REFINER_LIVE = ("iterations", "visibility", "tf_prefix", "redetect_every", "redetect_fit_error")
 
 
 def accept_changes(specs: tuple[ParamSpec, ...], changes: dict[str, Any],
