@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
@@ -18,7 +18,7 @@ RefinerName = Literal["deepim", "nemo", "none"]
 # from earlier poses (tracking) always take the refiner's: the detector's would be stale. The default is the
 # detector's, the more accurate of the two with the shipped weights (models/weights/README.md).
 VisibilitySource = Literal["refiner", "detector"]
-VISIBILITY_SOURCES: tuple[str, ...] = ("refiner", "detector")
+VISIBILITY_SOURCES: tuple[str, ...] = get_args(VisibilitySource)
 
 
 @dataclass
