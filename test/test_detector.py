@@ -298,7 +298,7 @@ def test_detector_drops_duplicates_only(registry, models):
                         max_detections=100).detect(frame)
     kept = Detector(net, registry, model_set=models, score_threshold=0.0, nms_iou=0.5,
                     max_detections=100).detect(frame)
-    assert len(all_dets) == 12 and len(kept) == 6
+    assert len(kept) < len(all_dets) == 12 * len(models.obj_ids)  # threshold 0: every (query, class) pair
     b = torch.as_tensor(np.stack([d.bbox_xyxy for d in all_dets]))
     s = torch.tensor([d.score for d in all_dets])
     lab = torch.tensor([d.object_id for d in all_dets])
@@ -306,3 +306,28 @@ def test_detector_drops_duplicates_only(registry, models):
     assert [(d.object_id, d.score) for d in kept] == [(all_dets[i].object_id, all_dets[i].score) for i in expect]
     with pytest.raises(ValueError, match="nms_iou"):
         Detector(net, registry, model_set=models, nms_iou=float("nan"))
+
+
+def test_an_unsure_query_names_each_class_above_the_threshold(registry, models):
+    """A query split between two classes gives a detection of each above the threshold, at the same box and
+    pose; a threshold above 0.5 keeps only the likelier class (the deployment case)."""
+    net = SmopeNet(TINY)
+    forward = net.forward
+
+    def split_first_query(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        logits = torch.full_like(out["logits"], -30.0)
+        logits[..., -1] = 0.0  # every query: no object
+        logits[..., 0, :] = -30.0
+        logits[..., 0, [1, 4, -1]] = torch.tensor([0.6, 0.35, 0.05]).log()  # query 0: class 1 or 4
+        return {**out, "logits": logits}
+
+    net.forward = split_first_query
+    frame = Frame(np.zeros((48, 64, 3), np.uint8), np.array([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]]))
+    low = Detector(net, registry, model_set=models, score_threshold=0.3).detect(frame)
+    assert [(d.object_id, round(d.score, 4)) for d in low] == [(models.obj_ids[1], 0.6), (models.obj_ids[4], 0.35)]
+    np.testing.assert_array_equal(low[0].bbox_xyxy, low[1].bbox_xyxy)
+    np.testing.assert_array_equal(low[0].t, low[1].t)
+    high = Detector(net, registry, model_set=models, score_threshold=0.5).detect(frame)
+    assert [d.object_id for d in high] == [models.obj_ids[1]]
+    assert Detector(net, registry, model_set=models, score_threshold=0.7).detect(frame) == []

@@ -45,7 +45,7 @@ class Detector:
 
     Args:
         net: the network (its config fixes the input size). registry: the object set (class order).
-        score_threshold: keep queries whose best class probability reaches it.
+        score_threshold: keep every (query, class) pair whose class probability reaches it.
         max_detections: per frame, best first.
         nms_iou: drop a detection overlapping a better one of the same object by more than this box IoU
             (duplicates of an undertrained detector); 1 keeps every query.
@@ -88,31 +88,34 @@ class Detector:
         last = {k: v[-1] for k, v in out.items()}
         R, t = decode_poses(last["boxes"], last["rot6d"], last["centre"], last["log_depth"], K_net, cfg.image_size)
         prob = last["logits"].softmax(-1)[..., :-1]
-        scores, labels = prob.max(-1)
         results = []
         for b, frame in enumerate(frames):
-            keep = torch.nonzero(scores[b] >= self.score_threshold)[:, 0]
-            finite = (torch.isfinite(R[b, keep]).flatten(1).all(1) & torch.isfinite(t[b, keep]).all(1)
-                      & torch.isfinite(last["boxes"][b, keep]).all(1))
+            # Every (query, class) pair reaching the threshold is a hypothesis, as in Deformable DETR's
+            # post-processing: a query unsure between two look-alikes names both. Under the softmax at most
+            # one class of a query can pass a threshold above 0.5, so deployment thresholds see no change.
+            queries, labels = torch.nonzero(prob[b] >= self.score_threshold, as_tuple=True)
+            finite = (torch.isfinite(R[b, queries]).flatten(1).all(1) & torch.isfinite(t[b, queries]).all(1)
+                      & torch.isfinite(last["boxes"][b, queries]).all(1))
             if not bool(finite.all()):
                 raise FrameError("detector produced non-finite poses (NaN/inf); frame rejected")
-            z = t[b, keep, 2]
-            keep = keep[(z > 0.0) & (z < 100.0)]  # behind the camera or absurdly far: not a usable hypothesis
-            order = suppress_duplicates(cxcywh_to_xyxy(last["boxes"][b, keep]), scores[b, keep], labels[b, keep],
-                                        self.nms_iou)
-            keep = keep[order][: self.max_detections]
+            z = t[b, queries, 2]
+            usable = (z > 0.0) & (z < 100.0)  # behind the camera or absurdly far: not a usable hypothesis
+            queries, labels = queries[usable], labels[usable]
+            scores = prob[b, queries, labels]
+            order = suppress_duplicates(cxcywh_to_xyxy(last["boxes"][b, queries]), scores, labels, self.nms_iou)
+            order = order[: self.max_detections]
             h, w = frame.image.shape[:2]
             counts: dict[int, int] = {}
             dets = []
-            for q in keep.tolist():
+            for q, label, score in zip(queries[order].tolist(), labels[order].tolist(), scores[order].tolist()):
                 cx, cy, bw, bh = last["boxes"][b, q].tolist()
                 box = np.array([(cx - bw / 2) * w - 0.5, (cy - bh / 2) * h - 0.5,
                                 (cx + bw / 2) * w - 0.5, (cy + bh / 2) * h - 0.5])
-                obj_id = self.models.obj_ids[int(labels[b, q])]
+                obj_id = self.models.obj_ids[label]
                 inst = counts.get(obj_id, 0)
                 counts[obj_id] = inst + 1
                 dets.append(PoseEstimate(obj_id, R[b, q].double().cpu().numpy(), t[b, q].double().cpu().numpy(),
-                                         float(scores[b, q]), inst, box, float(last["visibility"][b, q]), "detected"))
+                                         score, inst, box, float(last["visibility"][b, q]), "detected"))
             results.append(dets)
         return results
 
