@@ -48,7 +48,7 @@ class Detector:
         score_threshold: keep every (query, class) pair whose class probability reaches it.
         max_detections: per frame, best first.
         nms_iou: drop a detection overlapping a better one of the same object by more than this box IoU
-            (duplicates of an undertrained detector); 1 keeps every query.
+            (duplicates of an undertrained detector); 1 keeps every detection.
     """
 
     def __init__(self, net: SmopeNet, registry: ObjectRegistry, device: str | torch.device = "cpu",
