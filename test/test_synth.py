@@ -126,3 +126,45 @@ def test_backgrounds_are_valid_images_and_clutter_has_sharp_edges():
     assert energies["_clutter"] > 1.5 * max(others), energies
     out = backgrounds.random_background(np.random.default_rng(0), 96, 128)
     assert out.shape == (96, 128, 3) and out.dtype == np.float32
+
+
+def test_background_clutter_lies_behind_the_objects_and_leaves_their_annotations(registry):
+    """``background_shapes`` fills the background with shaded 3D primitives behind the far distance: the
+    object's pose and visible mask are those of the same seed without them, and far more pixels hold
+    rendered geometry, all of it behind the object."""
+    ctx = SceneContext(registry)
+    base = dict(height=120, width=160, focal=(150.0, 150.0), distance=(0.45, 0.8), distractors=(0, 0))
+    K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])
+    pose = dict(K=K, obj_indices=np.array([0]), R=look_at_rotation(0.3, 0.5, 0.0)[None], t=np.array([[0.0, 0.0, 0.5]]))
+    plain = render_sample(ctx, SynthConfig(**base), np.random.default_rng(4), **pose)
+    busy = render_sample(ctx, SynthConfig(**base, background_shapes=(30, 30), background_shape_size=(0.03, 0.05)),
+                         np.random.default_rng(4), **pose)
+    np.testing.assert_array_equal(plain.masks_visib[0], busy.masks_visib[0])
+    assert plain.records[0].visib_fract == busy.records[0].visib_fract == 1.0
+    obj = busy.masks[0]
+    assert (plain.depth > 0).sum() == obj.sum()  # only the object was rendered
+    added = (busy.depth > 0) & ~obj
+    assert added.mean() > 0.03
+    assert busy.depth[added].min() > busy.depth[obj].max()
+
+
+def test_marker_board_and_new_options_keep_old_seeds(registry):
+    """The fiducial board is black and white squares; with the new options off, backgrounds and the first 12
+    distractor meshes are what they were for a seed (the shipped weights' datasets can be regenerated)."""
+    from ros2_pose6d.training.synth import backgrounds
+    from ros2_pose6d.training.synth.distractors import make_distractors
+
+    plain = backgrounds.random_background(np.random.default_rng(9), 96, 128)
+    np.testing.assert_array_equal(plain, backgrounds.random_background(np.random.default_rng(9), 96, 128, 0.0))
+    board = backgrounds.random_background(np.random.default_rng(9), 96, 128, marker_prob=1.0)
+    changed = np.abs(board - plain).max(-1) > 1e-6
+    assert changed.mean() > 0.2
+    grey = board[changed].mean(-1)
+    assert (grey < 0.15).mean() > 0.15 and (grey > 0.7).mean() > 0.3  # black squares on a white board
+    for a, b in zip(make_distractors(0, 12), make_distractors(0, 32)[:12]):
+        np.testing.assert_array_equal(a.vertices, b.vertices)
+        np.testing.assert_array_equal(a.vertex_colors, b.vertex_colors)
+    with pytest.raises(ConfigError, match="marker_prob"):
+        build_config(SynthConfig, {"marker_prob": 1.5})
+    with pytest.raises(ConfigError, match="background_shapes"):
+        build_config(SynthConfig, {"background_shapes": [5, 2]})

@@ -90,11 +90,45 @@ def _clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 KINDS = (_value_noise, _gradient, _tiles, _shapes, _clutter)
 
 
-def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _marker_board(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """A white board of black fiducial squares with random binary cells, under a random perspective: robot
+    cells and pose datasets are full of such boards, and their hard black/white corners are what a detector
+    trained on soft procedural backgrounds mistakes for objects."""
+    h, w = img.shape[:2]
+    n_x, n_y = int(rng.integers(3, 9)), int(rng.integers(3, 9))
+    cell = 64
+    board = np.ones((n_y * cell, n_x * cell), np.float32)
+    for j in range(n_y):
+        for i in range(n_x):
+            if rng.random() < 0.3 and 0 < i < n_x - 1 and 0 < j < n_y - 1:
+                continue  # the board's middle is often empty (objects stand there)
+            y0, x0 = j * cell + 8, i * cell + 8
+            board[y0:y0 + 48, x0:x0 + 48] = 0.0
+            bits = rng.random((4, 4)) < 0.5
+            inner = np.kron(bits, np.ones((9, 9), np.float32))
+            board[y0 + 6:y0 + 42, x0 + 6:x0 + 42] = inner
+    src = np.float32([[0, 0], [n_x * cell, 0], [n_x * cell, n_y * cell], [0, n_y * cell]])
+    size = rng.uniform(0.5, 1.3) * max(h, w)
+    centre = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
+    half = size / 2 * np.array([1.0, n_y / n_x])
+    dst = centre + np.float32([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half + rng.normal(0, 0.08 * size, (4, 2))
+    H = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    warped = cv2.warpPerspective(board, H, (w, h), flags=cv2.INTER_AREA, borderValue=-1.0)
+    inside = warped >= 0
+    tint = rng.uniform(0.75, 1.0) * np.array([1.0, 1.0, 1.0]) + rng.normal(0, 0.03, 3)
+    out = img.copy()
+    out[inside] = np.clip(warped[inside][:, None] * tint + 0.05, 0, 1)
+    return out
+
+
+def random_background(rng: np.random.Generator, h: int, w: int, marker_prob: float = 0.0) -> np.ndarray:
     """(h, w, 3) float32 RGB in [0, 1], one of noise / gradient / tiles / shapes / clutter, mixed with
-    noise."""
+    noise; with probability ``marker_prob`` a fiducial board on top (no draw at all when it is 0, so
+    datasets made before it stay the same for a seed)."""
     kind = KINDS[int(rng.integers(len(KINDS)))]
     img = kind(rng, h, w)
     if kind is not _value_noise:
         img = 0.8 * img + 0.2 * _value_noise(rng, h, w)
+    if marker_prob > 0 and rng.random() < marker_prob:
+        img = _marker_board(rng, img)
     return img.astype(np.float32)

@@ -12,7 +12,8 @@ class SynthConfig:
     Each image shows ``objects_per_image`` objects drawn from the set (instances of one object may
     repeat when ``allow_repeats``), at distances in ``distance`` from the camera, seen from elevations in
     ``elevation`` above the object's xy plane (90 = from +z), with ``distractors`` random primitive shapes
-    as occluders, random Lambert lighting, a procedural background and jitter/blur/noise.
+    as occluders, random Lambert lighting, a procedural background (optionally with ``background_shapes``
+    shaded 3D primitives in front of it and a fiducial board) and jitter/blur/noise.
     """
 
     height: int = 480
@@ -27,6 +28,11 @@ class SynthConfig:
     border: float = 0.08  # projected centres stay this fraction of the image size away from the edges
     distractors: tuple[int, int] = (1, 4)
     distractor_size: tuple[float, float] = (0.03, 0.12)
+    # 3D clutter behind the objects (shaded primitives at 1-1.8x the far distance): real backgrounds are full
+    # of shaded things that look like objects, which flat procedural backgrounds never show. 0 = off.
+    background_shapes: tuple[int, int] = (0, 0)
+    background_shape_size: tuple[float, float] = (0.05, 0.3)
+    marker_prob: float = 0.0  # chance of a board of fiducial-like black/white squares on the background
     ambient: tuple[float, float] = (0.25, 0.7)
     diffuse: tuple[float, float] = (0.3, 0.8)
     brightness: float = 0.2  # +- factor
@@ -41,7 +47,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
-        for name in ("objects_per_image", "distance", "elevation", "distractors", "focal"):
+        for name in ("objects_per_image", "distance", "elevation", "distractors", "focal", "background_shapes",
+                     "background_shape_size"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
@@ -49,5 +56,7 @@ class SynthConfig:
             raise ValueError("objects_per_image must start at 1 or more")
         if self.distance[0] <= 0.05:
             raise ValueError("distance must stay beyond 5 cm (the near plane)")
+        if not 0.0 <= self.marker_prob <= 1.0:
+            raise ValueError(f"marker_prob must be in [0, 1], got {self.marker_prob}")
         if self.images_per_scene < 1:
             raise ValueError("images_per_scene must be >= 1")

@@ -10,7 +10,8 @@ from ros2_pose6d.objects.mesh import ObjectMesh
 
 def make_distractors(seed: int, count: int = 12) -> list[ObjectMesh]:
     """``count`` primitive meshes (boxes, cylinders, spheres, capsules, cones) of unit-ish size with
-    random per-vertex colour patterns; scaled per use by the pose sampler's size draw."""
+    random per-vertex colour patterns; scaled per use by the pose sampler's size draw. Meshes after the
+    first 12 also include lumpy blobs and speckled colours (the first 12 stay as they were for a seed)."""
     rng = np.random.default_rng(seed)
     makers = (
         lambda: trimesh.creation.box(extents=rng.uniform(0.4, 1.0, 3)),
@@ -19,9 +20,18 @@ def make_distractors(seed: int, count: int = 12) -> list[ObjectMesh]:
         lambda: trimesh.creation.capsule(height=rng.uniform(0.3, 0.6), radius=0.25, count=[12, 12]),
         lambda: trimesh.creation.cone(radius=0.4, height=rng.uniform(0.5, 1.0), sections=24),
     )
+
+    def blob() -> trimesh.Trimesh:  # a lumpy, stone- or toy-like shape
+        m = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+        d = np.asarray(m.vertices) / 0.5
+        bumps = sum(rng.uniform(0.05, 0.25) * np.sin(rng.uniform(1, 4) * d @ rng.normal(size=3) + rng.uniform(0, 6))
+                    for _ in range(4))
+        m.vertices = d * (0.5 + 0.4 * bumps)[:, None] * rng.uniform(0.5, 1.0, 3)
+        return m
+
     meshes = []
     for i in range(count):
-        m = makers[i % len(makers)]()
+        m = (makers + (blob,))[i % (len(makers) + 1)]() if i >= 12 else makers[i % len(makers)]()
         v = np.asarray(m.vertices, np.float32)
         v -= v.mean(0)
         v /= np.linalg.norm(v, axis=1).max()  # bounding radius 1: scaled at render time
@@ -29,6 +39,8 @@ def make_distractors(seed: int, count: int = 12) -> list[ObjectMesh]:
         freq = rng.uniform(2, 8)
         stripes = (np.sin(freq * np.pi * v[:, int(rng.integers(3))]) > 0)[:, None]
         colours = np.where(stripes, base, other).astype(np.float32)
+        if i >= 12 and rng.random() < 0.5:  # speckled: per-vertex mix of the two colours
+            colours = (base + (other - base) * rng.random((len(v), 1))).astype(np.float32)
         normals = np.asarray(m.vertex_normals, np.float32)
         meshes.append(ObjectMesh(v, np.asarray(m.faces, np.int64), colours, normals))
     return meshes

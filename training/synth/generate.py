@@ -23,7 +23,8 @@ from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.render.rasterize import RasterSettings
 from ros2_pose6d.render.renderer import Lighting, MeshRenderer
 
-NUM_DISTRACTOR_MESHES = 12
+NUM_DISTRACTOR_MESHES = 12  # occluders draw from the first 12 (kept, so old seeds give the same images)
+NUM_BACKGROUND_MESHES = 32  # background clutter draws from all 32
 
 
 @dataclass
@@ -47,7 +48,7 @@ class SceneContext:
         meshes = [o.mesh for o in registry]
         self.radii = np.array([np.linalg.norm(m.vertices, axis=1).max() for m in meshes])  # about the origin
         self.num_objects = len(meshes)
-        self.renderer = MeshRenderer(meshes + make_distractors(seed, NUM_DISTRACTOR_MESHES))
+        self.renderer = MeshRenderer(meshes + make_distractors(seed, NUM_BACKGROUND_MESHES))
 
 
 def _camera(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
@@ -91,6 +92,14 @@ def render_sample(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator,
     d_size = rng.uniform(*cfg.distractor_size, n_dis)
     d_R, d_t = sample_poses(rng, d_size, K, (h, w), (cfg.distance[0] * 0.6, cfg.distance[1]), (-90, 90), 0.0, 0.0)
     d_R = d_R * d_size[:, None, None]  # uniform scale folded into the "rotation": the renderer only multiplies
+    if cfg.background_shapes[1] > 0:  # drawn only when on: datasets made without it stay the same per seed
+        n_bg = int(rng.integers(cfg.background_shapes[0], cfg.background_shapes[1] + 1))
+        bg_size = rng.uniform(*cfg.background_shape_size, n_bg)
+        bg_R, bg_t = sample_poses(rng, bg_size, K, (h, w), (cfg.distance[1], 1.8 * cfg.distance[1]), (-90, 90),
+                                  -0.1, 0.0)
+        d_idx = np.concatenate([d_idx, ctx.num_objects + rng.integers(0, NUM_BACKGROUND_MESHES, n_bg)])
+        d_R = np.concatenate([d_R, bg_R * bg_size[:, None, None]])
+        d_t = np.concatenate([d_t, bg_t])
     mesh_idx = torch.as_tensor(np.concatenate([obj_indices, d_idx]))
     Rs = torch.as_tensor(np.concatenate([R, d_R]), dtype=torch.float32)
     ts = torch.as_tensor(np.concatenate([t, d_t]), dtype=torch.float32)
@@ -105,7 +114,7 @@ def render_sample(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator,
                                     shade=False)
     colour = full.color[0].numpy()
     mask_any = full.mask[0].numpy()
-    background = random_background(rng, h, w)
+    background = random_background(rng, h, w, cfg.marker_prob)
     rgb = _degrade(rng, np.where(mask_any[..., None], colour, background), cfg)
     instance = full.instance[0].numpy()
     records, masks, masks_visib = [], [], []
