@@ -7,11 +7,13 @@ import trimesh
 
 from ros2_pose6d.objects.mesh import ObjectMesh
 
+CLASSIC_COUNT = 12  # the first meshes of a seed, made as before the blobs came (old datasets regenerate)
 
-def make_distractors(seed: int, count: int = 12) -> list[ObjectMesh]:
+
+def make_distractors(seed: int, count: int = CLASSIC_COUNT) -> list[ObjectMesh]:
     """``count`` primitive meshes (boxes, cylinders, spheres, capsules, cones) of unit-ish size with
     random per-vertex colour patterns; scaled per use by the pose sampler's size draw. Meshes after the
-    first 12 also include lumpy blobs and speckled colours (the first 12 stay as they were for a seed)."""
+    first ``CLASSIC_COUNT`` also include lumpy blobs and speckled colours."""
     rng = np.random.default_rng(seed)
     makers = (
         lambda: trimesh.creation.box(extents=rng.uniform(0.4, 1.0, 3)),
@@ -31,7 +33,7 @@ def make_distractors(seed: int, count: int = 12) -> list[ObjectMesh]:
 
     meshes = []
     for i in range(count):
-        m = (makers + (blob,))[i % (len(makers) + 1)]() if i >= 12 else makers[i % len(makers)]()
+        m = (makers + (blob,))[i % (len(makers) + 1)]() if i >= CLASSIC_COUNT else makers[i % len(makers)]()
         v = np.asarray(m.vertices, np.float32)
         v -= v.mean(0)
         v /= np.linalg.norm(v, axis=1).max()  # bounding radius 1: scaled at render time
@@ -39,7 +41,7 @@ def make_distractors(seed: int, count: int = 12) -> list[ObjectMesh]:
         freq = rng.uniform(2, 8)
         stripes = (np.sin(freq * np.pi * v[:, int(rng.integers(3))]) > 0)[:, None]
         colours = np.where(stripes, base, other).astype(np.float32)
-        if i >= 12 and rng.random() < 0.5:  # speckled: per-vertex mix of the two colours
+        if i >= CLASSIC_COUNT and rng.random() < 0.5:  # speckled: per-vertex mix of the two colours
             colours = (base + (other - base) * rng.random((len(v), 1))).astype(np.float32)
         normals = np.asarray(m.vertex_normals, np.float32)
         meshes.append(ObjectMesh(v, np.asarray(m.faces, np.int64), colours, normals))

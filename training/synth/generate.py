@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from ros2_pose6d.training.synth.backgrounds import random_background
 from ros2_pose6d.training.synth.config import SynthConfig
-from ros2_pose6d.training.synth.distractors import make_distractors
+from ros2_pose6d.training.synth.distractors import CLASSIC_COUNT, make_distractors
 from ros2_pose6d.training.synth.poses import sample_poses
 from tqdm import tqdm
 
@@ -23,7 +23,7 @@ from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.render.rasterize import RasterSettings
 from ros2_pose6d.render.renderer import Lighting, MeshRenderer
 
-NUM_DISTRACTOR_MESHES = 12  # occluders draw from the first 12 (kept, so old seeds give the same images)
+NUM_DISTRACTOR_MESHES = CLASSIC_COUNT  # occluders draw from these (so old seeds give the same images)
 NUM_BACKGROUND_MESHES = 32  # background clutter draws from all 32
 
 
