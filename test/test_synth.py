@@ -154,8 +154,15 @@ def test_marker_board_and_new_options_keep_old_seeds(registry):
     from ros2_pose6d.training.synth import backgrounds
     from ros2_pose6d.training.synth.distractors import make_distractors
 
-    plain = backgrounds.random_background(np.random.default_rng(9), 96, 128)
-    np.testing.assert_array_equal(plain, backgrounds.random_background(np.random.default_rng(9), 96, 128, 0.0))
+    rng = np.random.default_rng(9)
+    plain = backgrounds.random_background(rng, 96, 128, 0.0)
+    legacy = np.random.default_rng(9)  # the steps before the board existed: no draw may be added
+    kind = backgrounds.KINDS[int(legacy.integers(len(backgrounds.KINDS)))]
+    img = kind(legacy, 96, 128)
+    if kind is not backgrounds._value_noise:
+        img = 0.8 * img + 0.2 * backgrounds._value_noise(legacy, 96, 128)
+    np.testing.assert_array_equal(plain, img.astype(np.float32))
+    assert rng.random() == legacy.random()  # the next image's draws are unchanged too
     board = backgrounds.random_background(np.random.default_rng(9), 96, 128, marker_prob=1.0)
     changed = np.abs(board - plain).max(-1) > 1e-6
     assert changed.mean() > 0.2
