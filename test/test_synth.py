@@ -175,3 +175,95 @@ def test_marker_board_and_new_options_keep_old_seeds(registry):
         build_config(SynthConfig, {"marker_prob": 1.5})
     with pytest.raises(ConfigError, match="background_shapes"):
         build_config(SynthConfig, {"background_shapes": [5, 2]})
+
+
+def test_table_layout_rests_upright_objects_on_the_plane_without_overlap():
+    """Objects of the table layout stand on the plane: their lowest point at height 0, the model's +z within
+    the tilt of the table normal when upright, foot points inside the image and footprints apart."""
+    from ros2_pose6d.training.synth.table import place_on_table, resting_rotation, table_camera
+
+    rng = np.random.default_rng(5)
+    K = np.array([[300.0, 0, 159.5], [0, 300.0, 119.5], [0, 0, 1]])
+    box = np.array([[x, y, z] for x in (-0.03, 0.05) for y in (-0.04, 0.02) for z in (-0.06, 0.01)])
+    for trial in range(20):
+        cam = table_camera(rng, (0.5, 1.2), (20.0, 85.0), 30.0)
+        assert cam.centre[2] > 0  # above the table
+        rotations = [resting_rotation(rng, 1.0, 10.0) for _ in range(5)]
+        taken: list = []
+        kept, R, t = place_on_table(rng, cam, K, (240, 320), [box] * 5, rotations, 0.05, 1.0, taken, 3.0)
+        assert kept.tolist() == [0, 1, 2, 3, 4]
+        for i in range(5):
+            in_table = (box @ R[i].T + t[i] - cam.t) @ cam.R  # R^T (x - t): camera -> table frame
+            assert in_table[:, 2].min() == pytest.approx(0.0, abs=1e-9)
+            np.testing.assert_allclose(cam.R.T @ R[i], rotations[i], atol=1e-12)  # object-to-table as drawn
+            assert np.degrees(np.arccos(rotations[i][2, 2])) <= 10.0 + 1e-9  # model +z leans at most 10 deg
+        feet = [p for p, _ in taken]
+        radius = taken[0][1]
+        if trial < 10:  # a free spot exists for 5 small boxes: none of them crowds another
+            assert min(np.linalg.norm(a - b) for j, a in enumerate(feet) for b in feet[j + 1:]) >= 2 * radius - 0.02
+    lying = [resting_rotation(np.random.default_rng(s), 0.0, 10.0) for s in range(200)]
+    assert np.mean([np.degrees(np.arccos(np.clip(R[2, 2], -1, 1))) > 30 for R in lying]) > 0.6  # any orientation
+
+
+def test_table_top_is_the_textured_plane_the_camera_sees(monkeypatch):
+    """The warped table texture lands where an independent ray cast meets the table square, with the texel
+    the ray hits; rays above the horizon never see it."""
+    from ros2_pose6d.training.synth import table as table_mod
+
+    T = table_mod.TEXTURE_SIZE
+    ramp = np.zeros((T, T, 3), np.float32)
+    ramp[..., 0] = np.arange(T)[None, :] / (T - 1)  # red: texture column, green: texture row
+    ramp[..., 1] = np.arange(T)[:, None] / (T - 1)
+    monkeypatch.setattr(table_mod, "random_background", lambda rng, h, w, marker_prob=0.0: ramp.copy())
+    K = np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]])
+    # the last table reaches behind the camera, whose upper rows look above the horizon
+    for seed, elevation, side in ((0, 20.0, 0.6), (1, 55.0, 0.6), (2, 88.0, 0.6), (3, 6.0, 4.0)):
+        rng = np.random.default_rng(seed)
+        cam = table_mod.table_camera(rng, (0.8, 0.8), (elevation, elevation), 20.0)
+        top = table_mod.table_surface(rng, cam, K, (120, 160), (side, side), 0.0)
+        expect = np.zeros((120, 160), bool)
+        errors = []
+        for v in range(120):
+            for u in range(160):
+                p = table_mod.ray_to_table(cam, K, np.array([u, v]))
+                if p is None:
+                    continue
+                tex = (p - top.centre) / top.side * T + T / 2 - 0.5  # texel coordinates (column, row)
+                if np.all(tex >= 0.5) and np.all(tex <= T - 1.5):
+                    expect[v, u] = True
+                    errors.append(np.abs(top.image[v, u, :2] * (T - 1) - tex).max())
+        assert expect.sum() > 300
+        assert (top.seen == expect).mean() > 0.995  # only the square's outline may differ
+        assert top.seen[expect].mean() > 0.99
+        assert max(errors) < 0.05  # the right texel, to OpenCV's 1/32 sub-pixel steps
+        if elevation < 10:  # the horizon crosses the image: the sky rows see no table
+            assert (~top.seen[:10]).all() and top.seen[-10:].all()
+
+
+def test_table_layout_writes_consistent_bop_scenes(registry, tmp_path):
+    """A table-layout split reads back, and its objects stand on one plane: every object's lowest model point
+    lies at the same height along the common normal of the upright ones."""
+    cfg = SynthConfig(height=120, width=160, focal=(140.0, 150.0), objects_per_image=(3, 4), images_per_scene=4,
+                      layout="table", upright_prob=1.0, upright_tilt=0.0, background_shapes=(3, 6),
+                      background_shape_size=(0.02, 0.05), marker_prob=1.0)
+    split = generate_dataset(registry, tmp_path / "table", 4, cfg, seed=1, progress=False)
+    points = {o.obj_id: np.asarray(o.mesh.vertices) for o in registry}
+    frames = [f for scene in read_bop_split(split, load_masks=True) for f in scene]
+    assert len(frames) == 4
+    for frame in frames:
+        assert 3 <= len(frame.gt) <= 4
+        up = frame.gt[0].R[:, 2]  # model +z of an upright object: the table normal, camera frame
+        heights = []
+        for g in frame.gt:
+            np.testing.assert_allclose(g.R[:, 2], up, atol=1e-6)
+            heights.append(((points[g.obj_id] @ g.R.T + g.t) @ up).min())  # height along the normal, + t_table
+        assert np.ptp(heights) < 1e-6
+    with pytest.raises(ValueError, match="table layout draws its own poses"):
+        render_sample(SceneContext(registry), cfg, np.random.default_rng(0), K=np.eye(3), obj_indices=np.array([0]),
+                      R=np.eye(3)[None], t=np.array([[0.0, 0.0, 0.5]]))
+    with pytest.raises(ConfigError, match="layout"):
+        build_config(SynthConfig, {"layout": "tabel"})
+    with pytest.raises(ConfigError, match="table_elevation"):
+        build_config(SynthConfig, {"table_elevation": [0.0, 40.0]})
+    with pytest.raises(ConfigError, match="upright_prob"):
+        build_config(SynthConfig, {"upright_prob": 2.0})

@@ -90,10 +90,10 @@ def _clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 KINDS = (_value_noise, _gradient, _tiles, _shapes, _clutter)
 
 
-def _marker_board(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+def _marker_board(rng: np.random.Generator, img: np.ndarray, scale: tuple[float, float] = (0.5, 1.3)) -> np.ndarray:
     """A white board of black fiducial squares with random binary cells, under a random perspective: robot
     cells and pose datasets are full of such boards, and their hard black/white corners are what a detector
-    trained on soft procedural backgrounds mistakes for objects."""
+    trained on soft procedural backgrounds mistakes for objects. Its size is ``scale`` times the image's."""
     h, w = img.shape[:2]
     n_x, n_y = int(rng.integers(3, 9)), int(rng.integers(3, 9))
     cell = 64
@@ -108,7 +108,7 @@ def _marker_board(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
             inner = np.kron(bits, np.ones((9, 9), np.float32))
             board[y0 + 6:y0 + 42, x0 + 6:x0 + 42] = inner
     src = np.float32([[0, 0], [n_x * cell, 0], [n_x * cell, n_y * cell], [0, n_y * cell]])
-    size = rng.uniform(0.5, 1.3) * max(h, w)
+    size = rng.uniform(*scale) * max(h, w)
     centre = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
     half = size / 2 * np.array([1.0, n_y / n_x])
     dst = centre + np.float32([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half + rng.normal(0, 0.08 * size, (4, 2))

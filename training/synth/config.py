@@ -13,7 +13,8 @@ class SynthConfig:
     repeat when ``allow_repeats``), at distances in ``distance`` from the camera, seen from elevations in
     ``elevation`` above the object's xy plane (90 = from +z), with ``distractors`` random primitive shapes
     as occluders, random Lambert lighting, a procedural background (optionally with ``background_shapes``
-    shaded 3D primitives in front of it and a fiducial board) and jitter/blur/noise.
+    shaded 3D primitives in front of it and a fiducial board) and jitter/blur/noise. With ``layout``
+    "table" the objects instead rest on a textured table plane under a camera looking down at it.
     """
 
     height: int = 480
@@ -33,6 +34,16 @@ class SynthConfig:
     background_shapes: tuple[int, int] = (0, 0)
     background_shape_size: tuple[float, float] = (0.05, 0.3)
     marker_prob: float = 0.0  # chance of a board of fiducial-like black/white squares on the background
+    # "free": objects float at any orientation in front of the background (viewpoints from ``elevation``).
+    # "table": they rest on a textured table seen from ``table_elevation`` above it, the camera
+    # ``distance`` from the look-at point; distractors and background shapes rest on the plane too, and
+    # the marker board lies on the table. Both draw from the same seeds but give different images.
+    layout: str = "free"
+    table_elevation: tuple[float, float] = (15.0, 80.0)  # camera above the table plane [deg]
+    table_roll: float = 45.0  # camera roll about its axis, +- [deg]
+    table_size: tuple[float, float] = (1.0, 3.0)  # side of the square table top [m]
+    upright_prob: float = 0.85  # share of objects standing with the model's +z up (the rest lie any way)
+    upright_tilt: float = 10.0  # an upright object leans by up to this [deg]
     ambient: tuple[float, float] = (0.25, 0.7)
     diffuse: tuple[float, float] = (0.3, 0.8)
     brightness: float = 0.2  # +- factor
@@ -48,7 +59,7 @@ class SynthConfig:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
         for name in ("objects_per_image", "distance", "elevation", "distractors", "focal", "background_shapes",
-                     "background_shape_size"):
+                     "background_shape_size", "table_elevation", "table_size"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: lower bound {lo} is above upper bound {hi}")
@@ -58,5 +69,14 @@ class SynthConfig:
             raise ValueError("distance must stay beyond 5 cm (the near plane)")
         if not 0.0 <= self.marker_prob <= 1.0:
             raise ValueError(f"marker_prob must be in [0, 1], got {self.marker_prob}")
+        if self.layout not in ("free", "table"):
+            raise ValueError(f"layout must be 'free' or 'table', got {self.layout!r}")
+        if not 0.0 < self.table_elevation[0] <= self.table_elevation[1] <= 90.0:
+            raise ValueError(f"table_elevation must lie in (0, 90] (a camera above the table), "
+                             f"got {self.table_elevation}")
+        if not 0.0 <= self.upright_prob <= 1.0:
+            raise ValueError(f"upright_prob must be in [0, 1], got {self.upright_prob}")
+        if self.table_size[0] <= 0:
+            raise ValueError(f"table_size must be positive, got {self.table_size}")
         if self.images_per_scene < 1:
             raise ValueError("images_per_scene must be >= 1")

@@ -16,6 +16,13 @@ from ros2_pose6d.training.synth.backgrounds import random_background
 from ros2_pose6d.training.synth.config import SynthConfig
 from ros2_pose6d.training.synth.distractors import CLASSIC_COUNT, make_distractors
 from ros2_pose6d.training.synth.poses import sample_poses
+from ros2_pose6d.training.synth.table import (
+    place_on_table,
+    random_rotation,
+    resting_rotation,
+    table_camera,
+    table_surface,
+)
 from tqdm import tqdm
 
 from ros2_pose6d.io.bop_writer import GtRecord, SceneAnnotations, mask_bbox, write_frame_files
@@ -48,7 +55,9 @@ class SceneContext:
         meshes = [o.mesh for o in registry]
         self.radii = np.array([np.linalg.norm(m.vertices, axis=1).max() for m in meshes])  # about the origin
         self.num_objects = len(meshes)
-        self.renderer = MeshRenderer(meshes + make_distractors(seed, NUM_BACKGROUND_MESHES))
+        distractors = make_distractors(seed, NUM_BACKGROUND_MESHES)
+        self.vertices = [np.asarray(m.vertices, np.float64) for m in meshes + distractors]  # for resting heights
+        self.renderer = MeshRenderer(meshes + distractors)
 
 
 def _camera(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
@@ -71,21 +80,14 @@ def _degrade(rng: np.random.Generator, img: np.ndarray, cfg: SynthConfig) -> np.
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def render_sample(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator, K: np.ndarray | None = None,
-                  obj_indices: np.ndarray | None = None, R: np.ndarray | None = None,
-                  t: np.ndarray | None = None) -> Sample:
-    """Render one image. Objects (indices into the registry), poses and K are drawn from ``rng`` unless
-    given (the demo sequence gives them to move a camera through a fixed scene)."""
+def _free_scene(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator, K: np.ndarray,
+                obj_indices: np.ndarray, R: np.ndarray | None, t: np.ndarray | None):
+    """Free layout: object poses (unless given), distractors and background shapes as (R, t, distractor mesh
+    indices, their R (scale folded in), their t)."""
     h, w = cfg.height, cfg.width
-    K = _camera(rng, cfg) if K is None else np.asarray(K, np.float64)
-    if obj_indices is None:
-        n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
-        obj_indices = rng.choice(ctx.num_objects, size=n, replace=cfg.allow_repeats or n > ctx.num_objects)
-    obj_indices = np.asarray(obj_indices, np.int64)
     if R is None or t is None:
         R, t = sample_poses(rng, ctx.radii[obj_indices], K, (h, w), cfg.distance, cfg.elevation, cfg.border,
                             cfg.min_separation)
-    n_obj = len(obj_indices)
     # distractors: random primitives between the camera and the objects or beside them
     n_dis = int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))
     d_idx = ctx.num_objects + rng.integers(0, NUM_DISTRACTOR_MESHES, n_dis)
@@ -100,6 +102,61 @@ def render_sample(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator,
         d_idx = np.concatenate([d_idx, ctx.num_objects + rng.integers(0, NUM_BACKGROUND_MESHES, n_bg)])
         d_R = np.concatenate([d_R, bg_R * bg_size[:, None, None]])
         d_t = np.concatenate([d_t, bg_t])
+    return R, t, d_idx, d_R, d_t
+
+
+def _table_scene(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator, K: np.ndarray,
+                 obj_indices: np.ndarray):
+    """Table layout: a camera above a table, the objects resting on it (mostly upright), distractors lying
+    among them and background shapes around them on the same plane. Returns (object indices, R, t,
+    distractor mesh indices, their R (scale folded in), their t, (camera, table top)).
+    Objects are never dropped; distractors and shapes that find no free spot are."""
+    hw = (cfg.height, cfg.width)
+    cam = table_camera(rng, cfg.distance, cfg.table_elevation, cfg.table_roll)
+    taken: list = []  # footprints on the plane
+    rotations = [resting_rotation(rng, cfg.upright_prob, cfg.upright_tilt) for _ in obj_indices]
+    kept, R, t = place_on_table(rng, cam, K, hw, [ctx.vertices[i] for i in obj_indices], rotations, cfg.border,
+                                cfg.min_separation, taken, 1.5 * cfg.distance[1])
+    obj_indices = obj_indices[kept]  # an object is only lost when no drawn pixel sees the table
+    d_idx, d_R, d_t = [np.zeros(0, np.int64)], [np.zeros((0, 3, 3))], [np.zeros((0, 3))]
+    groups = [(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1)), NUM_DISTRACTOR_MESHES,
+               cfg.distractor_size, cfg.border, 0.0, 1.5 * cfg.distance[1])]
+    if cfg.background_shapes[1] > 0:  # clutter beside and behind the objects, on the plane, anywhere in view
+        groups.append((int(rng.integers(cfg.background_shapes[0], cfg.background_shapes[1] + 1)),
+                       NUM_BACKGROUND_MESHES, cfg.background_shape_size, -0.1, 0.8 * cam.t[2], 3.0 * cfg.distance[1]))
+    for count, num_meshes, size_range, border, min_range, max_range in groups:
+        meshes = ctx.num_objects + rng.integers(0, num_meshes, count)
+        sizes = rng.uniform(*size_range, count)
+        rotations = [random_rotation(rng) for _ in range(count)]
+        kept, R_d, t_d = place_on_table(rng, cam, K, hw, [ctx.vertices[m] * s for m, s in zip(meshes, sizes)],
+                                        rotations, border, cfg.min_separation, taken, max_range, min_range,
+                                        keep_crowded=False)
+        d_idx.append(meshes[kept])
+        d_R.append(R_d * sizes[kept, None, None])  # uniform scale folded into the "rotation"
+        d_t.append(t_d)
+    top = table_surface(rng, cam, K, hw, cfg.table_size, cfg.marker_prob)
+    return obj_indices, R, t, np.concatenate(d_idx), np.concatenate(d_R), np.concatenate(d_t), (cam, top)
+
+
+def render_sample(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator, K: np.ndarray | None = None,
+                  obj_indices: np.ndarray | None = None, R: np.ndarray | None = None,
+                  t: np.ndarray | None = None) -> Sample:
+    """Render one image. Objects (indices into the registry), poses and K are drawn from ``rng`` unless
+    given (the demo sequence gives them to move a camera through a fixed scene; layout 'free' only)."""
+    h, w = cfg.height, cfg.width
+    K = _camera(rng, cfg) if K is None else np.asarray(K, np.float64)
+    if obj_indices is None:
+        n = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
+        obj_indices = rng.choice(ctx.num_objects, size=n, replace=cfg.allow_repeats or n > ctx.num_objects)
+    obj_indices = np.asarray(obj_indices, np.int64)
+    table = None
+    if cfg.layout == "table":
+        if R is not None or t is not None:
+            raise ValueError("the table layout draws its own poses; render given poses with layout 'free'")
+        obj_indices, R, t, d_idx, d_R, d_t, table = _table_scene(ctx, cfg, rng, K, obj_indices)
+    else:
+        R, t, d_idx, d_R, d_t = _free_scene(ctx, cfg, rng, K, obj_indices, R, t)
+    n_obj = len(obj_indices)
     mesh_idx = torch.as_tensor(np.concatenate([obj_indices, d_idx]))
     Rs = torch.as_tensor(np.concatenate([R, d_R]), dtype=torch.float32)
     ts = torch.as_tensor(np.concatenate([t, d_t]), dtype=torch.float32)
@@ -114,7 +171,12 @@ def render_sample(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator,
                                     shade=False)
     colour = full.color[0].numpy()
     mask_any = full.mask[0].numpy()
-    background = random_background(rng, h, w, cfg.marker_prob)
+    background = random_background(rng, h, w, cfg.marker_prob if table is None else 0.0)
+    if table is not None:  # the table top, Lambert-shaded by the scene's light, in front of the background
+        cam, top = table
+        up = cam.R[:, 2]  # the table's normal in the camera frame
+        shade = light.ambient + light.diffuse * max(0.0, -float(up @ np.asarray(light.direction)))
+        background = np.where(top.seen[..., None], top.image * shade, background)
     rgb = _degrade(rng, np.where(mask_any[..., None], colour, background), cfg)
     instance = full.instance[0].numpy()
     records, masks, masks_visib = [], [], []
