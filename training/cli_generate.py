@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -13,8 +14,17 @@ from ros2_pose6d.training.synth.generate import GenerationError
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
 
 
+def config_keys_help() -> str:
+    """Every SynthConfig key with its default, for --help: the keys --set and --config take (their meaning:
+    the SynthConfig docstring and comments in training/synth/config.py)."""
+    defaults = SynthConfig()
+    shown = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(SynthConfig)}
+    keys = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in shown.items())  # as --set takes them
+    return f"SynthConfig keys and defaults: {keys}. --set layout=table rests the objects on a table (README)."
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="pose6d-generate", description=__doc__)
+    p = argparse.ArgumentParser(prog="pose6d-generate", description=__doc__, epilog=config_keys_help())
     p.add_argument("out", type=Path, help="output split folder (scenes 000000, 000001, ... inside)")
     p.add_argument("-n", "--num-images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="same seed, same images (any number of workers)")

@@ -37,7 +37,8 @@ class SynthConfig:
     # "free": objects float at any orientation in front of the background (viewpoints from ``elevation``).
     # "table": they rest on a textured table seen from ``table_elevation`` above it, the camera
     # ``distance`` from the look-at point; distractors and background shapes rest on the plane too, and
-    # the marker board lies on the table. Both draw from the same seeds but give different images.
+    # the marker board lies on the table. Both draw from the same seeds but give different images. The table
+    # top is background, as the procedural one is: depth 0 there.
     layout: str = "free"
     table_elevation: tuple[float, float] = (15.0, 80.0)  # camera above the table plane [deg]
     table_roll: float = 45.0  # camera roll about its axis, +- [deg]

@@ -109,8 +109,8 @@ def _table_scene(ctx: SceneContext, cfg: SynthConfig, rng: np.random.Generator, 
                  obj_indices: np.ndarray):
     """Table layout: a camera above a table, the objects resting on it (mostly upright), distractors lying
     among them and background shapes around them on the same plane. Returns (object indices, R, t,
-    distractor mesh indices, their R (scale folded in), their t, (camera, table top)).
-    Objects are never dropped; distractors and shapes that find no free spot are."""
+    distractor mesh indices, their R (scale folded in), their t, (camera, table top)). Crowded objects stay
+    (one is lost only when none of its drawn pixels sees the table); crowded distractors and shapes go."""
     hw = (cfg.height, cfg.width)
     cam = table_camera(rng, cfg.distance, cfg.table_elevation, cfg.table_roll)
     taken: list = []  # footprints on the plane
