@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 from ros2_pose6d.training.synth.backgrounds import _marker_board, random_background
 from ros2_pose6d.training.synth.poses import look_at_rotation
+
+from ros2_pose6d.geometry.rotations import quaternion_to_matrix, rotation_about_axis
 
 TEXTURE_SIZE = 512  # table texture pixels per side
 
@@ -39,11 +42,8 @@ def table_camera(rng: np.random.Generator, distance: tuple[float, float], elevat
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A rotation uniform over SO(3) (normalised Gaussian quaternion)."""
-    x, y, z, w = (q := rng.normal(size=4)) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    """A rotation uniform over SO(3) (normalised Gaussian quaternion), drawn from a numpy generator."""
+    return quaternion_to_matrix(torch.as_tensor(rng.normal(size=4))).numpy()
 
 
 def resting_rotation(rng: np.random.Generator, upright_prob: float, tilt_deg: float) -> np.ndarray:
@@ -57,10 +57,8 @@ def resting_rotation(rng: np.random.Generator, upright_prob: float, tilt_deg: fl
     R_yaw = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     axis_angle = rng.uniform(0, 2 * np.pi)
     tilt = np.deg2rad(rng.uniform(0, tilt_deg))
-    k = np.array([np.cos(axis_angle), np.sin(axis_angle), 0.0])  # a horizontal axis
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    R_tilt = np.eye(3) + np.sin(tilt) * Kx + (1 - np.cos(tilt)) * Kx @ Kx
-    return R_tilt @ R_yaw
+    horizontal = torch.tensor([np.cos(axis_angle), np.sin(axis_angle), 0.0], dtype=torch.float64)
+    return rotation_about_axis(horizontal, torch.tensor(tilt, dtype=torch.float64)).numpy() @ R_yaw
 
 
 def ray_to_table(cam: TableCamera, K: np.ndarray, uv: np.ndarray) -> np.ndarray | None:
