@@ -269,3 +269,5 @@ def test_table_layout_writes_consistent_bop_scenes(registry, tmp_path):
         build_config(SynthConfig, {"table_elevation": [0.0, 40.0]})
     with pytest.raises(ConfigError, match="upright_prob"):
         build_config(SynthConfig, {"upright_prob": 2.0})
+    with pytest.raises(ConfigError, match="upright_tilt"):
+        build_config(SynthConfig, {"upright_tilt": -5.0})

@@ -79,5 +79,8 @@ class SynthConfig:
             raise ValueError(f"upright_prob must be in [0, 1], got {self.upright_prob}")
         if self.table_size[0] <= 0:
             raise ValueError(f"table_size must be positive, got {self.table_size}")
+        for name in ("table_roll", "upright_tilt"):
+            if not 0.0 <= getattr(self, name) <= 180.0:
+                raise ValueError(f"{name} must be an angle in [0, 180] degrees, got {getattr(self, name)}")
         if self.images_per_scene < 1:
             raise ValueError("images_per_scene must be >= 1")
