@@ -53,18 +53,24 @@ def resting_rotation(rng: np.random.Generator, upright_prob: float, tilt_deg: fl
     if rng.random() >= upright_prob:
         return random_rotation(rng)
     yaw = rng.uniform(0, 2 * np.pi)
-    c, s = np.cos(yaw), np.sin(yaw)
-    R_yaw = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     axis_angle = rng.uniform(0, 2 * np.pi)
     tilt = np.deg2rad(rng.uniform(0, tilt_deg))
-    horizontal = torch.tensor([np.cos(axis_angle), np.sin(axis_angle), 0.0], dtype=torch.float64)
-    return rotation_about_axis(horizontal, torch.tensor(tilt, dtype=torch.float64)).numpy() @ R_yaw
+    axes = torch.tensor([[0.0, 0.0, 1.0], [np.cos(axis_angle), np.sin(axis_angle), 0.0]], dtype=torch.float64)
+    R_yaw, R_tilt = rotation_about_axis(axes, torch.tensor([yaw, tilt], dtype=torch.float64)).numpy()
+    return R_tilt @ R_yaw  # turned about the vertical, then leaning about a horizontal axis
+
+
+def ray_directions(cam: TableCamera, K: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Directions (..., 3), in the table frame, of the rays through pixels ``uv`` (..., 2): a ray meets the
+    table in front of the camera exactly when its z is negative (the camera is above the plane)."""
+    uv1 = np.concatenate([uv, np.ones(uv.shape[:-1] + (1,))], -1)
+    return uv1 @ (cam.R.T @ np.linalg.inv(K)).T
 
 
 def ray_to_table(cam: TableCamera, K: np.ndarray, uv: np.ndarray) -> np.ndarray | None:
     """The table-plane point (x, y) seen at pixel ``uv``, or None when the ray misses the plane (at or
     above the horizon)."""
-    d = cam.R.T @ (np.linalg.inv(K) @ np.array([uv[0], uv[1], 1.0]))  # ray direction, table frame
+    d = ray_directions(cam, K, np.asarray(uv, np.float64))
     c = cam.centre
     if d[2] >= -1e-9:
         return None
@@ -114,13 +120,12 @@ def place_on_table(rng: np.random.Generator, cam: TableCamera, K: np.ndarray, hw
 @dataclass
 class TableTop:
     """The table top in the image: ``image`` (h, w, 3) float32 unshaded, ``seen`` (h, w) bool where the
-    table is in view; the square's ``side`` [m], ``centre`` (x, y) and ``texture`` (T, T, 3)."""
+    table is in view; the square's ``side`` [m] and ``centre`` (x, y)."""
 
     image: np.ndarray
     seen: np.ndarray
     side: float
     centre: np.ndarray
-    texture: np.ndarray
 
 
 def table_surface(rng: np.random.Generator, cam: TableCamera, K: np.ndarray, hw: tuple[int, int],
@@ -142,6 +147,5 @@ def table_surface(rng: np.random.Generator, cam: TableCamera, K: np.ndarray, hw:
                                  flags=cv2.INTER_NEAREST, borderValue=0).astype(bool)
     # pixels whose ray meets the plane behind the camera map onto the texture too: keep the real hits only
     v, u = np.mgrid[0:h, 0:w]
-    rays = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3) @ (cam.R.T @ np.linalg.inv(K)).T
-    seen = inside & (rays[:, 2] < 0).reshape(h, w)
-    return TableTop(image.astype(np.float32), seen, side, centre, texture)
+    seen = inside & (ray_directions(cam, K, np.stack([u, v], -1).astype(np.float64))[..., 2] < 0)
+    return TableTop(image.astype(np.float32), seen, side, centre)
