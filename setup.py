@@ -140,6 +140,7 @@ setup(
             "detector_node = ros2_pose6d.nodes.detector_node:main",
             "refiner_node = ros2_pose6d.nodes.refiner_node:main",
             "pose6d-bop2bag = ros2_pose6d.cli.bop2bag:main",
+            "pose6d-weights = ros2_pose6d.cli.weights:main",
         ],
     },
 )

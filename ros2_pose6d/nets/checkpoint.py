@@ -21,7 +21,7 @@ class CheckpointError(ValueError):
     """A weights file that is missing, unreadable or for another architecture."""
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_weights_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write through a temporary file and rename: an interrupted write never leaves a truncated file. The
     file gets the usual mode (0666 less the umask): safetensors creates it 0600, which a ROS node running
     as another user, or an install copied with its mode, could not read."""
@@ -42,7 +42,7 @@ def save_weights(path: str | Path, module: nn.Module, arch: str, config: dict, m
         tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     metadata = {"arch": arch, "config": yaml.safe_dump(config, sort_keys=False),
                 "meta": json.dumps(meta or {})}
-    _write(Path(path), tensors, metadata)
+    write_weights_file(Path(path), tensors, metadata)
 
 
 def read_metadata(path: str | Path) -> tuple[str, dict, dict]:
@@ -113,4 +113,4 @@ def compact_weights(src: str | Path, dst: str | Path) -> None:
                 raise CheckpointError(f"{src}: tensor {k} exceeds the float16 range; cannot compact")
             v = v.half()
         tensors[k] = v.contiguous()
-    _write(dst, tensors, metadata)
+    write_weights_file(dst, tensors, metadata)
