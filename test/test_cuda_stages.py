@@ -13,13 +13,10 @@ from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
 from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
+from ros2_pose6d.eval.metrics import rotation_error
 from ros2_pose6d.geometry.rotations import rotation_about_axis
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.resources import weights_dir
-
-
-def _angle_deg(A: np.ndarray, B: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(A.T @ B) - 1) / 2, -1, 1))))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +67,7 @@ def assert_same_poses(gpu: list[PoseEstimate], cpu: list[PoseEstimate], deg: flo
     assert [e.object_id for e in gpu] == [e.object_id for e in cpu]
     for g, c in zip(gpu, cpu):
         assert g.stage == c.stage and g.notes == c.notes
-        assert _angle_deg(g.R, c.R) <= deg, (g.object_id, _angle_deg(g.R, c.R))
+        assert rotation_error(g.R, c.R) <= deg, (g.object_id, rotation_error(g.R, c.R))
         assert np.linalg.norm(g.t - c.t) <= metres, (g.object_id, g.t, c.t)
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ros2_pose6d.config import ConfigError, apply_overrides, build_config
-from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, read_metadata, write_weights_file
+from ros2_pose6d.nets.checkpoint import CheckpointError, check_fits, read_metadata, write_weights_file
 
 
 def build_network(arch: str, model_cfg: dict, tensors: dict) -> nn.Module:
@@ -51,7 +51,8 @@ def set_model_config(src: Path, dst: Path, overrides: list[str], force: bool = F
     new_model = apply_overrides(model, keys)
     tensors = load_file(str(src))
     net = build_network(arch, new_model, tensors)
-    load_weights(src, net, arch)  # the stored tensors must fit the new config (CheckpointError naming one)
+    # the stored tensors must fit the new config (CheckpointError naming one)
+    check_fits(src, {k: v for k, v in tensors.items() if not k.startswith("extra.")}, net, arch)
     new_config = {**config, "model": new_model} if nested else new_model
     with safe_open(str(src), framework="pt") as f:
         metadata = dict(f.metadata())

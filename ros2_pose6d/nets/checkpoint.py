@@ -70,6 +70,14 @@ def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, 
                for k, v in load_file(str(path)).items()}
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     state = {k: v for k, v in tensors.items() if not k.startswith("extra.")}
+    check_fits(path, state, module, arch)
+    module.load_state_dict(state)
+    return config, meta, extra
+
+
+def check_fits(path: str | Path, state: dict[str, torch.Tensor], module: nn.Module, arch: str) -> None:
+    """CheckpointError naming the first missing, unexpected or wrongly shaped tensor of ``state`` (read from
+    ``path``) for ``module``."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -84,8 +92,6 @@ def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, 
             k = wrong[0]
             details.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"{path}: weights do not fit this {arch} configuration ({'; '.join(details)})")
-    module.load_state_dict(state)
-    return config, meta, extra
 
 
 def read_model_config(path: str | Path, arch: str) -> dict:
