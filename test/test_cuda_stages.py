@@ -14,7 +14,6 @@ from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.eval.metrics import rotation_error
-from ros2_pose6d.geometry.rotations import rotation_about_axis
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.resources import weights_dir
 
@@ -31,12 +30,11 @@ def scene(registry):
     from ros2_pose6d.training.synth.generate import SceneContext
     cfg = SynthConfig(height=240, width=320, focal=(290.0, 290.0), objects_per_image=(3, 3), distance=(0.5, 0.7))
     s = render_sample(SceneContext(registry), cfg, np.random.default_rng(3))
-    gen = torch.Generator().manual_seed(0)
-    start = []
-    for k, r in enumerate(s.records):
-        dR = rotation_about_axis(torch.randn(1, 3, generator=gen), torch.tensor([float(np.deg2rad(15.0))]))
-        dt = torch.randn(3, generator=gen).numpy() * np.array([0.01, 0.01, 0.03])
-        start.append(PoseEstimate(r.obj_id, dR.double().numpy()[0] @ r.R, r.t + dt, instance=k))
+    from ros2_pose6d.training.tasks.deepim_task import perturb_poses
+    R = torch.as_tensor(np.stack([r.R for r in s.records]))
+    t = torch.as_tensor(np.stack([r.t for r in s.records]))
+    Rp, tp = perturb_poses(R, t, torch.Generator().manual_seed(0), 15.0, (0.01, 0.01, 0.05))
+    start = [PoseEstimate(r.obj_id, Rp[k].numpy(), tp[k].numpy(), instance=k) for k, r in enumerate(s.records)]
     return Frame(s.rgb, s.K), start
 
 
