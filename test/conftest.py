@@ -14,6 +14,24 @@ REPO = Path(__file__).resolve().parents[1]
 LMO = REPO.parent / "shared" / "data" / "lmo"
 
 
+needs_lmo = pytest.mark.skipif(not (LMO / "test" / "000002").is_dir(), reason=f"LM-O data not found at {LMO}")
+
+
+def refine_lmo_from_perturbed_truth(refiner: str, weights: Path, out: Path) -> tuple[dict, dict]:
+    """``pose6d-evaluate`` of a refiner ('deepim' or 'nemo') with ``weights`` on the 50 real LM-O frames from
+    DeepIM-perturbed ground truth: the summary's (initial, refined) metrics, both over all 383 targets."""
+    import json
+
+    from ros2_pose6d.training.cli_evaluate import main as evaluate
+
+    assert evaluate([str(LMO / "test"), "--models-dir", str(LMO / "models"), "--init", "perturbed", "--refiner",
+                     refiner, f"--{refiner}", str(weights), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["initial"], summary["refined"]
+    assert before["n"] == after["n"] == 383
+    return before, after
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 0.0, what: str = "") -> None:
     """Fail with the max difference and where it is."""
     diff = (actual.detach().double() - expected.detach().double()).abs()
