@@ -55,7 +55,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("name", ["detector", "deepim", "nemo"])
+@pytest.mark.parametrize("name", ["detector", "deepim", "nemo", "flow"])
 def test_tiny_config_trains_and_resume_reproduces(name, registry, split, tmp_path, one_thread):
     torch.manual_seed(0)
     cfg = _cfg(name, split, tmp_path / "a", steps=12, batch_size=4, warmup_steps=1, log_every=2)

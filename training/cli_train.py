@@ -1,6 +1,7 @@
-"""``pose6d-train``: train the detector, DeepIM or NeMo from a YAML config (see training/configs/), with
-``--set key.path=value`` overrides. Resumes from <out_dir>/last.safetensors when it exists, else starts
-from the ``init_from`` weights when set; works under ``torchrun --nproc_per_node N`` (DDP)."""
+"""``pose6d-train``: train the detector, DeepIM or NeMo (or pre-train DeepIM on flow) from a YAML config
+(see training/configs/), with ``--set key.path=value`` overrides. Resumes from <out_dir>/last.safetensors
+when it exists, else starts from the ``init_from`` weights when set; works under ``torchrun --nproc_per_node
+N`` (DDP)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = apply_overrides(load_yaml(args.config), args.overrides)
     cfg = build_config(TrainConfig, data)
-    if not cfg.data.train:
+    if not cfg.data.train and cfg.task != "flow":  # the flow pre-training draws its own pairs
         raise ValueError("data.train is not set: give the BOP split to train on (e.g. from pose6d-generate)")
     base = args.config.parent
     resolve = lambda p: str((base / p).resolve()) if p and not Path(p).is_absolute() and (base / p).exists() else p  # noqa: E731

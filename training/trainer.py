@@ -51,12 +51,13 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    task: Literal["detector", "deepim", "nemo"] = "detector"
+    task: Literal["detector", "deepim", "nemo", "flow"] = "detector"
     out_dir: str = "runs/detector"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     model: dict = field(default_factory=dict)  # the task's network config (validated by the task)
     loss: dict = field(default_factory=dict)  # the task's loss config
+    pairs: dict = field(default_factory=dict)  # task flow: its procedural pairs (training/synth/flow_pairs.py)
     # weights of the same architecture and shape to start from when out_dir holds no checkpoint (fine-tuning:
     # e.g. DeepIM for new objects from the demo DeepIM, whose network does not depend on the object set);
     # the step count and the optimiser start afresh
@@ -131,7 +132,8 @@ class Trainer:
         self.ddp = None
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=task.has_unused_parameters)
             task.forward_module = self.ddp
 
     # ---- checkpoints ----

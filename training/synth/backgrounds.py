@@ -75,9 +75,8 @@ def _clutter(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
                 cv2.line(layer, (int(centre[0]), int(centre[1])), (int(end[0]), int(end[1])), 1,
                          int(rng.integers(1, max(2, r // 3))))
             m = layer.astype(bool)
-            if rng.random() < 0.4:  # textured fill
-                tex = muted(_value_noise(rng, h, w) if rng.random() < 0.5 else _tiles(rng, h, w))
-                img[m] = tex[m]
+            if rng.random() < 0.4:  # textured fill (muted per pixel: only where it shows)
+                img[m] = muted((_value_noise(rng, h, w) if rng.random() < 0.5 else _tiles(rng, h, w))[m])
             else:
                 img[m] = colour
     for _ in range(int(rng.integers(3, 15))):  # thin edges: cables, print, table borders
@@ -121,11 +120,12 @@ def _marker_board(rng: np.random.Generator, img: np.ndarray, scale: tuple[float,
     return out
 
 
-def random_background(rng: np.random.Generator, h: int, w: int, marker_prob: float = 0.0) -> np.ndarray:
-    """(h, w, 3) float32 RGB in [0, 1], one of noise / gradient / tiles / shapes / clutter, mixed with
-    noise; with probability ``marker_prob`` a fiducial board on top (no draw at all when it is 0, so
+def random_background(rng: np.random.Generator, h: int, w: int, marker_prob: float = 0.0,
+                      kinds: tuple = KINDS) -> np.ndarray:
+    """(h, w, 3) float32 RGB in [0, 1], one of ``kinds`` (noise / gradient / tiles / shapes / clutter), mixed
+    with noise; with probability ``marker_prob`` a fiducial board on top (no draw at all when it is 0, so
     datasets made before it stay the same for a seed)."""
-    kind = KINDS[int(rng.integers(len(KINDS)))]
+    kind = kinds[int(rng.integers(len(kinds)))]
     img = kind(rng, h, w)
     if kind is not _value_noise:
         img = 0.8 * img + 0.2 * _value_noise(rng, h, w)

@@ -10,6 +10,9 @@ class TaskBase:
     Subclasses set ``arch``, ``model`` (an nn.Module), ``model_cfg`` (a dataclass) and ``forward_module``."""
 
     arch = ""
+    # parameters that get no gradient in this task (e.g. the pose head during flow pre-training):
+    # DistributedDataParallel must then look for them every step
+    has_unused_parameters = False
 
     def model_config(self) -> dict:
         from ros2_pose6d.config import to_dict
@@ -30,11 +33,16 @@ class TaskBase:
 
 def build_task(cfg, registry):
     """The task named by cfg.task."""
+    if cfg.pairs and cfg.task != "flow":
+        raise ValueError(f"pairs: only task flow draws procedural pairs; task {cfg.task} would ignore them")
     if cfg.task == "detector":
         from ros2_pose6d.training.tasks.detector_task import DetectorTask
         return DetectorTask(cfg, registry)
     if cfg.task == "deepim":
         from ros2_pose6d.training.tasks.deepim_task import DeepimTask
         return DeepimTask(cfg, registry)
+    if cfg.task == "flow":
+        from ros2_pose6d.training.tasks.flow_task import FlowPretrainTask
+        return FlowPretrainTask(cfg, registry)
     from ros2_pose6d.training.tasks.nemo_task import NemoTask
     return NemoTask(cfg, registry)

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from ros2_pose6d.training.datasets import InstanceDataset, collate_instances
+from ros2_pose6d.training.losses.flow_mask import flow_mask_losses
 from ros2_pose6d.training.losses.point_matching import symmetric_point_matching
 from ros2_pose6d.training.tasks import TaskBase
 from torch import Tensor
@@ -181,17 +181,11 @@ class DeepimTask(TaskBase):
             with torch.no_grad():
                 tgt = renderer.render(label, R_gt, t_gt, z.K, RasterSettings(h, w), shade=False)
                 flow, valid = flow_between(z.depth, z.mask, R_src, t_src, R_gt, t_gt, z.K, tgt.depth)
-            fh, fw = out.get("flow", out.get("mask_logits")).shape[-2:]
-            sub = lambda x: F.interpolate(x, size=(fh, fw), mode="nearest")  # noqa: E731
-            if "flow" in out:
-                v = sub(valid[:, None].float())
-                err = (out["flow"] - sub(flow)).abs().sum(1, keepdim=True) / w
-                fl = (err * v).sum() / v.sum().clamp_min(1)
-                loss = loss + lc.w_flow * fl
-                parts["flow"] = float(fl.detach())
-            if "mask_logits" in out:
-                mk = F.binary_cross_entropy_with_logits(out["mask_logits"], sub(tgt.mask[:, None].float()))
-                loss = loss + lc.w_mask * mk
-                parts["mask"] = float(mk.detach())
+            terms, diag = flow_mask_losses(out, flow, valid, tgt.mask[:, None], w)
+            for name, weight in (("flow", lc.w_flow), ("mask", lc.w_mask)):
+                if name in terms:
+                    loss = loss + weight * terms[name]
+                    parts[name] = float(terms[name].detach())
+            parts.update(diag)
         parts["total"] = float(loss.detach())
         return loss, parts
