@@ -150,10 +150,12 @@ def test_config_errors_name_the_key(registry, tmp_path):
     deepim.pairs = {"tilt_deg": 10}
     with pytest.raises(ValueError, match="pairs"):
         build_task(deepim, registry)
-    cfg = _cfg(tmp_path)
-    cfg.pairs = {"count": 0}
-    with pytest.raises(ValueError, match="pairs.count"):
-        build_task(cfg, registry).train_dataset()
+    for key, value in (("count", 0), ("occluders", [3, 1]), ("shape_size", [0.5, 1.5]), ("scale", [0.0, 1.0]),
+                       ("blur_prob", 2.0), ("tilt_deg", -5.0), ("field_of_view_deg", 180.0)):
+        cfg = _cfg(tmp_path)
+        cfg.pairs = {key: value}
+        with pytest.raises(ValueError, match=f"pairs.{key}"):
+            build_task(cfg, registry).train_dataset()
 
 
 def test_two_process_ddp_run_with_an_unused_pose_head(tmp_path):

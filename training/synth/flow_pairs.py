@@ -154,13 +154,36 @@ def make_flow_pair(rng: np.random.Generator, cfg: FlowPairConfig, h: int, w: int
             "flow": flow, "valid": valid}
 
 
+def check_pair_config(cfg: FlowPairConfig) -> None:
+    """Raise ValueError naming the first ``pairs.*`` key out of its range (a draw would fail or be garbage)."""
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"pairs.{key}: {getattr(cfg, key)} {why}")
+
+    if cfg.count < 1:
+        raise bad("count", "must be at least 1")
+    for key in ("shape_size", "scale", "gain", "occluders"):
+        lo, hi = getattr(cfg, key)
+        if lo > hi or lo < 0:
+            raise bad(key, "must be a range [low, high] with 0 <= low <= high")
+    if not (cfg.shape_size[0] > 0 and cfg.shape_size[1] <= 1):
+        raise bad("shape_size", "must lie in (0, 1]")
+    if cfg.scale[0] <= 0:
+        raise bad("scale", "must be above 0")
+    if not 0 <= cfg.blur_prob <= 1:
+        raise bad("blur_prob", "is not a probability in [0, 1]")
+    if not 0 < cfg.field_of_view_deg < 180:
+        raise bad("field_of_view_deg", "must lie in (0, 180)")
+    for key in ("shift", "rotation_deg", "tilt_deg", "nonrigid", "light_variation", "noise"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "must not be negative")
+
+
 class FlowPairDataset(Dataset):
     """``cfg.count`` pairs of (h, w) crops drawn on demand: item i is the same for a seed wherever it is read
     (resume, DDP ranks, data-loader workers). Items are CHW tensors."""
 
     def __init__(self, cfg: FlowPairConfig, size: tuple[int, int], seed: int = 0) -> None:
-        if cfg.count < 1:
-            raise ValueError(f"pairs.count: {cfg.count} must be at least 1")
+        check_pair_config(cfg)
         self.cfg, self.size, self.seed = cfg, (int(size[0]), int(size[1])), seed
 
     def __len__(self) -> int:
