@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -263,11 +265,11 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
 
     monkeypatch.setattr(task_module, "deepim_step", predict)
 
-    def loss_and_grad(kind: str, rot: float, trans: tuple[float, float, float]) -> tuple[dict, float]:
+    def loss_and_grad(kind: str, rot: float, trans: tuple[float, float, float], **weights) -> tuple[dict, float]:
         cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
                                          "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32,
                                                    "flow_head": False, "mask_head": False},
-                                         "loss": {"point_matching": kind}})
+                                         "loss": {"point_matching": kind, **weights}})
         with torch.no_grad():
             angle.fill_(rot)
             offset.copy_(torch.tensor(trans))
@@ -280,13 +282,19 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
     for kind in ("combined", "disentangled"):
         parts = loss_and_grad(kind, 0.0, (0.0, 0.0, 0.0))[0]
         assert parts["point_matching"] < 1e-5  # the true pose costs nothing
-        assert parts["metric/rot_error_ratio"] < 1e-3  # and the diagnostic sees the rotation solved
+        assert parts["metric/rot_error_ratio"] < 1e-3  # and the diagnostics see rotation and depth solved
+        assert parts["metric/depth_error_ratio"] < 1e-3
     # only vz wrong: the rotation and (vx, vy) terms vanish, the z term is then the combined loss
     only_z = loss_and_grad("combined", 0.0, (0.0, 0.0, 0.3))[0]["point_matching"]
     parts = loss_and_grad("disentangled", 0.0, (0.0, 0.0, 0.3))[0]
     assert only_z > 0.05 and parts["point_matching"] == pytest.approx(only_z, rel=1e-4)
     assert parts["point_matching_rot"] < 1e-6 and parts["point_matching_xy"] < 1e-6
     assert parts["point_matching_z"] == pytest.approx(only_z, rel=1e-4)
+    assert parts["metric/depth_error_ratio"] > 0.5  # vz off by 0.3 (a 26 % depth change) against 5 cm noise
+    weighted = loss_and_grad("disentangled", 0.05, (0.1, 0.0, 0.3), w_rot=0.5, w_xy=2.0, w_z=3.0)[0]
+    assert weighted["point_matching"] == pytest.approx(0.5 * weighted["point_matching_rot"] + 2.0 * weighted[
+        "point_matching_xy"] + 3.0 * weighted["point_matching_z"], rel=1e-5)
+    assert min(weighted[f"point_matching_{k}"] for k in ("rot", "xy", "z")) > 1e-3
     small, large = (0.01, -0.01, 0.02), (0.5, 0.4, 0.6)  # v of (crop widths, crop widths, log scale)
     g_small = loss_and_grad("disentangled", 0.1, small)[1]
     assert abs(g_small) > 0.05
@@ -296,6 +304,11 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
                                      "loss": {"point_matching": "split"}})
     with pytest.raises(ValueError, match="loss.point_matching"):
         task_module.DeepimTask(bad, registry)
+    for loss in ({"point_matching": "combined", "w_z": 2.0}, {"point_matching": "disentangled", "w_xy": -1.0}):
+        bad = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                         "loss": loss})
+        with pytest.raises(ValueError, match="loss.w_"):
+            task_module.DeepimTask(bad, registry)
 
 
 def test_rotation_error_ratio_is_the_share_of_the_rotation_error_left_after_the_update():
@@ -390,3 +403,15 @@ def test_shipped_lmo_weights_lift_perturbed_poses_on_the_real_frames(tmp_path):
     assert after["ADD(-S) 0.1d"] > before["ADD(-S) 0.1d"] + 0.03
     assert after["proj 5px"] > before["proj 5px"] + 0.05
     assert after["AR"] > before["AR"] + 0.01
+
+
+def test_depth_error_ratio_leaves_out_starts_at_the_true_depth():
+    """The depth diagnostic: median of |after| / |before| over instances started more than 1 mm off the true
+    depth (during the translation warm-up some start exactly there), NaN when none did."""
+    from ros2_pose6d.training.tasks.deepim_task import depth_error_ratio
+
+    t_gt = torch.tensor([[0.0, 0.0, 0.5], [0.0, 0.0, 0.6], [0.0, 0.0, 0.7]])
+    t_src = t_gt + torch.tensor([[0.0, 0.0, 0.02], [0.0, 0.0, -0.04], [0.0, 0.0, 0.0002]])
+    t_pred = t_gt + torch.tensor([[0.1, 0.0, 0.01], [0.0, 0.0, 0.01], [0.0, 0.0, 0.03]])
+    assert depth_error_ratio(t_pred, t_src, t_gt) == pytest.approx(0.25, rel=1e-5)  # lower median of 0.5 and 0.25
+    assert math.isnan(depth_error_ratio(t_pred, t_gt + 1e-4, t_gt))

@@ -8,6 +8,7 @@ import pytest
 from ros2_pose6d.eval import (
     BopResult,
     add,
+    add_with_exact_part,
     adds,
     average_recall,
     cm_degree,
@@ -64,6 +65,22 @@ def test_rotation_error_and_5cm5deg():
 def _rz(deg: float) -> np.ndarray:
     c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def test_add_with_one_exact_part():
+    """A pure translation error split about the true centre's line of sight (3 cm along it, 1 cm across) and
+    a pure rotation error: each part made exact leaves the others' ADD."""
+    t_g = np.array([0.1, 0.0, 0.6])
+    ray = t_g / np.linalg.norm(t_g)
+    across = np.cross(ray, [0.0, 1.0, 0.0])
+    t_e = t_g + 0.03 * ray + 0.01 * across
+    rot, lateral, depth = add_with_exact_part(I3, t_e, I3, t_g, PTS, False)
+    assert rot == pytest.approx(np.hypot(0.03, 0.01)) and lateral == pytest.approx(0.03)
+    assert depth == pytest.approx(0.01)
+    rot, lateral, depth = add_with_exact_part(_rz(20), t_g, I3, t_g, PTS, False)
+    assert rot == pytest.approx(0.0, abs=1e-12)
+    assert lateral == depth == pytest.approx(add(_rz(20), t_g, I3, t_g, PTS))
+    assert add_with_exact_part(RZ180, t_g, I3, t_g, PTS, True)[1] == pytest.approx(0.0, abs=1e-12)  # ADD-S
 
 
 def test_pose_error_parts_split_rotation_lateral_and_depth():
@@ -278,7 +295,22 @@ def test_report_error_medians_per_stage_and_table_block():
     assert ref["matched"] == 1 and ref["rot deg"] == pytest.approx(0.0, abs=1e-5) and ref["depth mm"] == 0.0
     assert report.summary("initial")["median rot deg"] == pytest.approx(15.0)
     assert report.error_medians("refined", a + 1000) == {}
-    block = report.table(registry).split("median errors of the matched targets")[1].splitlines()[2:]
+    table = report.table(registry)
+    block = table.split("median errors of the matched targets")[1].split("\n\n")[0].splitlines()[2:]
     rows = {(r.split()[0], r.split()[1]): r.split()[2:] for r in block}
     assert rows[("ALL", "initial")] == ["2", "15.000", f"{np.mean(across) * 1000:.3f}", f"{np.mean(along) * 1000:.3f}"]
     assert rows[("ALL", "refined")][0] == "1" and len(rows) == 4
+    # made exact: with the true rotation the starts are 2 and 4 cm off (over 0.1 of the diameter); with the
+    # true depth the first keeps its 10 deg and 3 mm across the ray, which pass, the second 20 deg and 6 mm,
+    # which do not; the refined stage's missed target fails in every column
+    d, pts = registry[a].diameter, registry[a].mesh.vertices[::5]
+    assert 0.1 * d < 0.02
+    assert add(_rz(10), t1 + [0, 0, 0.02] - along[0] * t1 / np.linalg.norm(t1), I3, t1, pts) < 0.1 * d
+    assert add(_rz(20), t2 + [0, 0, 0.04] - along[1] * t2 / np.linalg.norm(t2), I3, t2, pts) > 0.1 * d
+    assert report.exact_part_recalls("initial") == {"as is": 0.0, "exact rot": 0.0, "exact lateral": 0.0,
+                                                    "exact depth": 0.5}
+    assert report.exact_part_recalls("refined") == {"as is": 0.5, "exact rot": 0.5, "exact lateral": 0.5,
+                                                    "exact depth": 0.5}
+    block = table.split("ADD(-S) 0.1d with one part of the pose made exact")[1].splitlines()[2:]
+    rows = {(r.split()[0], r.split()[1]): r.split()[2:] for r in block}
+    assert rows[("ALL", "initial")] == ["0.000", "0.000", "0.000", "0.500"] and len(rows) == 4
