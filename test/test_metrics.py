@@ -294,6 +294,7 @@ def test_report_error_medians_per_stage_and_table_block():
     assert init["lateral mm"] == pytest.approx(np.mean(across) * 1000)
     assert ref["matched"] == 1 and ref["rot deg"] == pytest.approx(0.0, abs=1e-5) and ref["depth mm"] == 0.0
     assert report.summary("initial")["median rot deg"] == pytest.approx(15.0)
+    assert report.summary("initial")["ADD(-S) 0.1d exact depth"] == 0.5
     assert report.error_medians("refined", a + 1000) == {}
     table = report.table(registry)
     block = table.split("median errors of the matched targets")[1].split("\n\n")[0].splitlines()[2:]

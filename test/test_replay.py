@@ -72,7 +72,8 @@ def test_replay_writes_one_poses_message_per_frame_and_metrics(registry, pipelin
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["accounting"]["processed"] == 4 and len(report["frames"]) == 4
     assert set(report["timing_mean_s"]) == {"conversion", "detection", "refinement", "writing"}
-    for name in ("overlay.mp4", "metrics.txt", "recall_curves.png", "per_object.png", "latency.png"):
+    for name in ("overlay.mp4", "metrics.txt", "recall_curves.png", "per_object.png", "exact_parts.png",
+                 "latency.png"):
         assert (tmp_path / "out" / name).is_file(), name
 
 

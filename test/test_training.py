@@ -383,6 +383,9 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["refined"]["ADD(-S) 0.1d"] <= 1 and summary["initial"]["n"] == summary["refined"]["n"]
     assert (out / "results.csv").is_file() and (out / "recall_curves.png").is_file()
+    assert (out / "exact_parts.png").is_file() and "exact depth" in r.stdout
+    assert all(0 <= summary[st][f"ADD(-S) 0.1d exact {k}"] <= 1 for st in ("initial", "refined")
+               for k in ("rot", "lateral", "depth"))
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
              str(tmp_path / "detector" / "final.safetensors"), "--refiner", "deepim", "--deepim",
              str(tmp_path / "deepim" / "final.safetensors"), "--max-frames", "2", "--out", str(out / "det"))

@@ -129,7 +129,8 @@ class Report:
                 "5cm5deg": float(np.mean([r.cm_deg for r in rows])),
                 "proj 5px": recall(np.array([r.proj for r in rows]), 5.0 * self.image_width / 640),
                 "AR_MSSD": ar["AR_MSSD"], "AR_MSPD": ar["AR_MSPD"], "AR": ar["AR"],
-                **{f"median {k}": v for k, v in self.error_medians(stage, obj_id).items() if k != "matched"}}
+                **{f"median {k}": v for k, v in self.error_medians(stage, obj_id).items() if k != "matched"},
+                **{f"ADD(-S) 0.1d {k}": v for k, v in self.exact_part_recalls(stage, obj_id).items() if k != "as is"}}
 
     def detection_summary(self) -> dict[str, float]:
         """box_AP50 and, where the detections carried a visibility, box_vis_MAE (over the targets the boxes
@@ -226,7 +227,8 @@ class Report:
         return "\n".join(lines)
 
     def plots(self, out_dir: str | Path, registry: ObjectRegistry) -> list[Path]:
-        """recall_curves.png (ADD(-S) recall vs threshold per stage) and per_object.png (bars)."""
+        """recall_curves.png (ADD(-S) recall vs threshold per stage), per_object.png (bars) and exact_parts.png
+        (ADD(-S) 0.1d per stage as is and with the rotation, lateral translation or depth made exact)."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -259,4 +261,17 @@ class Report:
         bars = out_dir / "per_object.png"
         fig.savefig(bars, dpi=100)
         plt.close(fig)
-        return [curves, bars]
+        stages = [st for st in self.targets if self.targets[st]]
+        parts = ["as is", "exact rot", "exact lateral", "exact depth"]
+        fig, ax = plt.subplots(figsize=(max(6, len(stages) * 2.2), 4))
+        for k, part in enumerate(parts):
+            ax.bar(np.arange(len(stages)) + k * 0.2, [self.exact_part_recalls(st)[part] for st in stages], 0.2,
+                   label=part)
+        ax.set_xticks(np.arange(len(stages)) + 0.3, stages)
+        ax.set(ylabel="ADD(-S) 0.1d", ylim=(0, 1), title="with one part of the pose made exact")
+        ax.legend()
+        fig.tight_layout()
+        exact = out_dir / "exact_parts.png"
+        fig.savefig(exact, dpi=100)
+        plt.close(fig)
+        return [curves, bars, exact]
