@@ -248,30 +248,30 @@ class Report:
         fig.savefig(curves, dpi=100)
         plt.close(fig)
         ids = self.object_ids()
-        fig, ax = plt.subplots(figsize=(max(6, len(ids) * 0.9), 4))
-        width = 0.8 / max(1, len(self.targets))
-        for k, stage in enumerate(self.targets):
-            vals = [self.summary(stage, i).get("ADD(-S) 0.1d", 0.0) for i in ids]
-            ax.bar(np.arange(len(ids)) + k * width, vals, width, label=stage)
-        ax.set_xticks(np.arange(len(ids)) + width * (len(self.targets) - 1) / 2,
-                      [registry[i].name for i in ids], rotation=30)
-        ax.set(ylabel="ADD(-S) 0.1d", ylim=(0, 1), title="per object")
-        ax.legend()
-        fig.tight_layout()
-        bars = out_dir / "per_object.png"
-        fig.savefig(bars, dpi=100)
-        plt.close(fig)
+        bars = _grouped_bars(out_dir / "per_object.png", [registry[i].name for i in ids],
+                             {st: [self.summary(st, i).get("ADD(-S) 0.1d", 0.0) for i in ids] for st in self.targets},
+                             "per object", max(6, len(ids) * 0.9), rotation=30)
         stages = [st for st in self.targets if self.targets[st]]
         parts = ["as is", "exact rot", "exact lateral", "exact depth"]
-        fig, ax = plt.subplots(figsize=(max(6, len(stages) * 2.2), 4))
-        for k, part in enumerate(parts):
-            ax.bar(np.arange(len(stages)) + k * 0.2, [self.exact_part_recalls(st)[part] for st in stages], 0.2,
-                   label=part)
-        ax.set_xticks(np.arange(len(stages)) + 0.3, stages)
-        ax.set(ylabel="ADD(-S) 0.1d", ylim=(0, 1), title="with one part of the pose made exact")
-        ax.legend()
-        fig.tight_layout()
-        exact = out_dir / "exact_parts.png"
-        fig.savefig(exact, dpi=100)
-        plt.close(fig)
+        exact = _grouped_bars(out_dir / "exact_parts.png", stages,
+                              {part: [self.exact_part_recalls(st)[part] for st in stages] for part in parts},
+                              "with one part of the pose made exact", max(6, len(stages) * 2.2))
         return [curves, bars, exact]
+
+
+def _grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], title: str, width_in: float,
+                  rotation: int = 0) -> Path:
+    """A bar chart of ADD(-S) 0.1d: one group of bars per ``groups`` entry, one bar per ``series`` entry."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width_in, 4))
+    width = 0.8 / max(1, len(series))
+    for k, (label, vals) in enumerate(series.items()):
+        ax.bar(np.arange(len(groups)) + k * width, vals, width, label=label)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups, rotation=rotation)
+    ax.set(ylabel="ADD(-S) 0.1d", ylim=(0, 1), title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
