@@ -44,8 +44,9 @@ class DeepimLossConfig:
     # combined loss rotation is only learned after translation is.
     point_matching: str = "combined"
     # weights of the disentangled loss's rotation, (vx, vy) and vz terms. Refined from perturbed truth, the
-    # demo DeepIM's ADD(-S) 0.1d is held back by depth far more than by rotation (session 22, validation:
-    # 0.45 after 2 iterations; 0.88 with the true depth put in, 0.45 with the true rotation).
+    # demo DeepIM's ADD(-S) 0.1d is held back by depth far more than by rotation (session 22, test split:
+    # 0.380; 0.830 with the depth put right, 0.428 with the rotation), but a 3x vz weight did not help in a
+    # 1,500-step CPU fine-tune (models/weights/README.md).
     w_rot: float = 1.0
     w_xy: float = 1.0
     w_z: float = 1.0
