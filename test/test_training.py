@@ -18,10 +18,12 @@ from conftest import REPO
 from ros2_pose6d.training.synth import SynthConfig, generate_dataset
 from ros2_pose6d.training.tasks import build_task
 from ros2_pose6d.training.trainer import StepBatchSampler, TrainConfig, Trainer
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ros2_pose6d.config import ConfigError, apply_overrides, build_config, load_yaml
 from ros2_pose6d.nets.checkpoint import CheckpointError, compact_weights, load_weights, read_metadata, save_weights
+from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
 from ros2_pose6d.objects.registry import ObjectRegistry
 
 CONFIGS = REPO / "training" / "configs"
@@ -37,6 +39,11 @@ def split(registry, tmp_path_factory):
     cfg = SynthConfig(height=96, width=128, focal=(112.0, 120.0), objects_per_image=(1, 3), distractors=(0, 1),
                       distance=(0.5, 0.8), images_per_scene=50)
     return generate_dataset(registry, tmp_path_factory.mktemp("data") / "train", 12, cfg, seed=11, progress=False)
+
+
+def read_safetensors_metadata(path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
 
 
 def _cfg(name: str, split, out, **optim) -> TrainConfig:
@@ -151,6 +158,39 @@ def test_init_from_starts_a_fresh_run_from_given_weights(split, tmp_path, capsys
     with pytest.raises(CheckpointError, match="not found"):
         train(tmp_path / "none", 1, 1e-3, tmp_path / "missing.safetensors")
     assert not (tmp_path / "none").exists()
+
+
+def test_init_from_adds_a_depth_matcher_and_train_only_trains_just_it(split, tmp_path, capsys):
+    """Weights without DeepIM's depth matcher start a run that has one: the matcher starts fresh (said so),
+    and with optim.train_only only it learns. Other missing tensors and an unknown train_only prefix are
+    refused."""
+    from ros2_pose6d.training.cli_train import main
+
+    def train(out, *sets):
+        args = [str(CONFIGS / "deepim_tiny.yaml"), "--no-progress", "--set", f"data.train={split}", "--set",
+                f"out_dir={out}", "--set", "optim.steps=2", "--set", "optim.batch_size=2", "--set",
+                "optim.warmup_steps=1", "--set", "model.norm=group", "--set", "model.pose_level=conv4_1"]
+        for s in sets:
+            args += ["--set", s]
+        return main(args)
+
+    assert train(tmp_path / "src") == 0
+    src = tmp_path / "src" / "final.safetensors"
+    matcher = ["model.depth_matcher=true", "model.matcher_channels=8", "model.matcher_scales=5"]
+    assert train(tmp_path / "dst", *matcher, f"init_from={src}", "optim.train_only=[depth_matcher.]") == 0
+    assert "tensors not in it start fresh (depth_matcher." in capsys.readouterr().out
+    a, b = load_file(str(src)), load_file(str(tmp_path / "dst" / "final.safetensors"))
+    added = sorted(set(b) - set(a))
+    assert added and all(k.startswith("depth_matcher.") for k in added)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # frozen: the rest is the source's
+    fresh = DeepimNet(build_config(DeepimConfig, read_metadata(tmp_path / "dst" / "final.safetensors")[1]["model"]))
+    assert any(not torch.equal(fresh.state_dict()[k], b[k]) for k in added if "weight" in k)  # it learned
+    with pytest.raises(ValueError, match="optim.train_only: no parameter"):
+        train(tmp_path / "bad", f"init_from={src}", "optim.train_only=[decoder.]")
+    cut = {k: v for k, v in a.items() if k != "fc.0.weight"}
+    save_file(cut, str(tmp_path / "cut.safetensors"), metadata=read_safetensors_metadata(src))
+    with pytest.raises(CheckpointError, match="missing"):
+        train(tmp_path / "cut", *matcher, f"init_from={tmp_path / 'cut.safetensors'}")
 
 
 def test_compacted_weights_load_as_float32_with_half_precision_values(tmp_path):

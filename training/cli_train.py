@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     elif trainer.try_resume():
         print(f"resuming {cfg.task} from step {trainer.step} ({cfg.out_dir}/last.safetensors)")
     if trainer.step == 0 and cfg.init_from:
-        trainer.init_from(cfg.init_from)
-        print(f"starting {cfg.task} from the weights in {cfg.init_from}")
+        fresh = trainer.init_from(cfg.init_from)
+        print(f"starting {cfg.task} from the weights in {cfg.init_from}"
+              + (f"; {len(fresh)} tensors not in it start fresh ({fresh[0]}, ...)" if fresh else ""))
     if trainer.step >= cfg.optim.steps:
         print(f"already trained for {trainer.step} steps (optim.steps = {cfg.optim.steps}); nothing to do")
         teardown_distributed()

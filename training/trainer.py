@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, save_weights
+from ros2_pose6d.nets.checkpoint import CheckpointError, load_weights, save_weights, tensor_names
 
 
 @dataclass
@@ -37,6 +37,9 @@ class OptimConfig:
     ckpt_every: int = 200
     num_workers: int = 0
     seed: int = 0
+    # train only the parameters whose names start with one of these (the rest stay frozen), e.g. a part
+    # added to trained weights: [depth_matcher.]; null trains everything
+    train_only: list[str] | None = None
 
 
 @dataclass
@@ -121,6 +124,14 @@ class Trainer:
         self.rank, self.world, _ = _dist_info()
         self.out = Path(cfg.out_dir)
         self.model: nn.Module = task.model.to(device)
+        if cfg.optim.train_only is not None:
+            prefixes = tuple(cfg.optim.train_only)
+            names = [n for n, _ in self.model.named_parameters()]
+            if not any(n.startswith(prefixes) for n in names):
+                raise ValueError(f"optim.train_only: no parameter of the {task.arch} network starts with any of "
+                                 f"{list(prefixes)}")
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(n.startswith(prefixes))
         backbone = [p for n, p in self.model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
         others = [p for n, p in self.model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
         o = cfg.optim
@@ -168,9 +179,14 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         return True
 
-    def init_from(self, path: str | Path) -> None:
-        """Start from the network weights in ``path`` (not its task extras, which belong to its objects)."""
-        load_weights(path, self.model, self.task.arch)
+    def init_from(self, path: str | Path) -> list[str]:
+        """Start from the network weights in ``path`` (not its task extras, which belong to its objects).
+        Parts the network allows to start fresh (its ``init_fresh_prefixes``) may be absent from the file;
+        returns the names of the tensors that kept their initial values."""
+        fresh = tuple(getattr(self.model, "init_fresh_prefixes", ()))
+        own = set(self.model.state_dict())
+        load_weights(path, self.model, self.task.arch, fresh)
+        return sorted(own - tensor_names(path))
 
     # ---- loop ----
     def train(self, stop_at: int | None = None) -> list[float]:

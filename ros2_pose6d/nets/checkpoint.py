@@ -60,8 +60,11 @@ def read_metadata(path: str | Path) -> tuple[str, dict, dict]:
     return md["arch"], parse_yaml(md.get("config", "{}")) or {}, json.loads(md.get("meta", "{}"))
 
 
-def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
-    """Load into ``module``; returns (config, meta, extra tensors). Raises CheckpointError on mismatch."""
+def load_weights(path: str | Path, module: nn.Module, arch: str,
+                 fresh_prefixes: tuple[str, ...] = ()) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """Load into ``module``; returns (config, meta, extra tensors). Raises CheckpointError on mismatch.
+    Tensors of ``module`` under ``fresh_prefixes`` may be absent from the file (fine-tuning weights with a
+    part added to them); they keep their initial values."""
     found, config, meta = read_metadata(path)
     if found != arch:
         raise CheckpointError(f"{path}: holds '{found}' weights, expected '{arch}'")
@@ -70,16 +73,17 @@ def load_weights(path: str | Path, module: nn.Module, arch: str) -> tuple[dict, 
                for k, v in load_file(str(path)).items()}
     extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
     state = {k: v for k, v in tensors.items() if not k.startswith("extra.")}
-    check_fits(path, state, module, arch)
-    module.load_state_dict(state)
+    check_fits(path, state, module, arch, fresh_prefixes)
+    module.load_state_dict(state, strict=not fresh_prefixes)
     return config, meta, extra
 
 
-def check_fits(path: str | Path, state: dict[str, torch.Tensor], module: nn.Module, arch: str) -> None:
-    """CheckpointError naming the first missing, unexpected or wrongly shaped tensor of ``state`` (read from
-    ``path``) for ``module``."""
+def check_fits(path: str | Path, state: dict[str, torch.Tensor], module: nn.Module, arch: str,
+               fresh_prefixes: tuple[str, ...] = ()) -> None:
+    """CheckpointError naming the first missing (outside ``fresh_prefixes``), unexpected or wrongly shaped
+    tensor of ``state`` (read from ``path``) for ``module``."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(tuple(fresh_prefixes)))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
@@ -92,6 +96,12 @@ def check_fits(path: str | Path, state: dict[str, torch.Tensor], module: nn.Modu
             k = wrong[0]
             details.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"{path}: weights do not fit this {arch} configuration ({'; '.join(details)})")
+
+
+def tensor_names(path: str | Path) -> set[str]:
+    """The names of the tensors stored in a weights file."""
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
 
 
 def read_model_config(path: str | Path, arch: str) -> dict:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ros2_pose6d.geometry.rotations import quaternion_to_matrix
+from ros2_pose6d.nets.scale_matcher import ScaleMatcher
 
 # FlowNetS encoder: (name, out channels at width 1, kernel, stride)
 FLOWNETS = (("conv1", 64, 7, 2), ("conv2", 128, 5, 2), ("conv3", 256, 5, 2), ("conv3_1", 256, 3, 1),
@@ -39,6 +40,15 @@ class DeepimConfig:
     # crop; of a 64x80 crop it is 1x2, which keeps no layout of the object for the FC layers. A shallower
     # level (conv4_1: 4x5 there) keeps it.
     pose_level: str = "conv6_1"
+    # the depth update vz from a scale cost volume (nets/scale_matcher.py, our addition) next to the FC head:
+    # vz = matcher_weight * matcher's + (1 - matcher_weight) * FC's. matcher_range is the largest |log scale|
+    # searched, matcher_shift the shift allowed (stride-4 cells)
+    depth_matcher: bool = False
+    matcher_weight: float = 1.0
+    matcher_channels: int = 32
+    matcher_scales: int = 21
+    matcher_range: float = 0.2
+    matcher_shift: int = 3
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -52,7 +62,8 @@ def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
 
 class DeepimNet(nn.Module):
     """forward(observed (B, 3, H, W), rendered (B, 3, H, W), rendered_mask (B, 1, H, W)[, observed_mask])
-    -> dict: quat (B, 4) unit xyzw, R_delta (B, 3, 3), v (B, 3); flow (B, 2, H/4, W/4) [crop px] and
+    -> dict: quat (B, 4) unit xyzw, R_delta (B, 3, 3), v (B, 3) (vz blended with the depth matcher's when it
+    is on, with its scale_logits (B, S)); flow (B, 2, H/4, W/4) [crop px] and
     mask_logits (B, 1, H/4, W/4) when the heads are on. Images normalised, masks in {0, 1}."""
 
     def __init__(self, cfg: DeepimConfig) -> None:
@@ -96,6 +107,15 @@ class DeepimNet(nn.Module):
             self.up3 = nn.ConvTranspose2d(ch(256) + c["conv4_1"], ch(128), 4, 2, 1)
             self.up2 = nn.ConvTranspose2d(ch(128) + c["conv3_1"], ch(64), 4, 2, 1)
             self.predict = nn.Conv2d(ch(64) + c["conv2"], 3, 3, 1, 1)  # flow (2) + mask logit (1) at stride 4
+        if not 0.0 <= cfg.matcher_weight <= 1.0:
+            raise ValueError(f"model.matcher_weight: {cfg.matcher_weight} is not in [0, 1]")
+        if cfg.depth_matcher:
+            self.depth_matcher = ScaleMatcher(cfg.matcher_channels, cfg.matcher_scales, cfg.matcher_range,
+                                              cfg.matcher_shift)
+
+    # parameters that may start at their initialisation when fine-tuning from weights without them
+    # (training's init_from): the depth matcher can be added to trained weights
+    init_fresh_prefixes = ("depth_matcher.",)
 
     def forward(self, observed: Tensor, rendered: Tensor, rendered_mask: Tensor,
                 observed_mask: Tensor | None = None) -> dict[str, Tensor]:
@@ -111,7 +131,13 @@ class DeepimNet(nn.Module):
             skips[name] = x
         h = self.fc(self.pool(skips[self.cfg.pose_level]).flatten(1))
         quat = F.normalize(self.rot(h), dim=-1)
-        out = {"quat": quat, "R_delta": quaternion_to_matrix(quat), "v": self.trans(h)}
+        v = self.trans(h)
+        out = {"quat": quat, "R_delta": quaternion_to_matrix(quat)}
+        if self.cfg.depth_matcher:
+            vz, out["scale_logits"] = self.depth_matcher(observed, rendered, rendered_mask)
+            w = self.cfg.matcher_weight
+            v = torch.cat([v[:, :2], w * vz[:, None].to(v.dtype) + (1 - w) * v[:, 2:]], 1)
+        out["v"] = v
         if self.cfg.flow_head or self.cfg.mask_head:
             y = skips["conv6_1"]
             for up, skip in ((self.up5, "conv5_1"), (self.up4, "conv4_1"), (self.up3, "conv3_1"), (self.up2, "conv2")):
