@@ -1,5 +1,6 @@
 """Per-stage latency of the pipeline on 640x480 frames with 1, 5 and 10 objects: message conversion,
-detection, refinement per iteration (DeepIM) / per step (NeMo), and message writing; with our kernels
+detection, refinement per iteration (DeepIM, without and with its depth matcher) / per step (NeMo), and
+message writing; with our kernels
 (rasteriser, MSDA) and with their pure-PyTorch references, in one run. Networks are the CPU-sized
 configurations (training/configs/*_cpu.yaml) with random weights: latency does not depend on the weights."""
 
@@ -9,6 +10,7 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,18 +60,19 @@ def frame_with(registry, n: int, seed: int = 0):
     return Frame(s.rgb, s.K), ests
 
 
-def row(n, mode, frame, ests, det, deepim, nemo, store, f, repeats: int, nemo_steps: int = 5) -> None:
+def row(n, mode, frame, ests, det, deepim, deepim_matcher, nemo, store, f, repeats: int, nemo_steps: int = 5) -> None:
     hdr = header(f, 0.0, "cam")
     img_msg = array_to_image(f, frame.image, "rgb8", hdr)
     info_msg = K_to_camera_info(f, frame.K, frame.image.shape[:2], hdr)
     conv = timed(lambda: (image_to_rgb(img_msg), camera_info_to_K(info_msg)), repeats)
     detect = timed(lambda: det.detect(frame), repeats)
     it = timed(lambda: deepim.refine(frame, ests, 1), repeats)
+    it_m = timed(lambda: deepim_matcher.refine(frame, ests, 1), repeats)
     nm = timed(lambda: nemo.refine(frame, ests, nemo_steps), 1) / nemo_steps
     write = timed(lambda: store.serialize_cdr(estimates_to_array(f, hdr, ests), "ros2_pose6d_msgs/msg/ObjectPoseArray"),
                   repeats)
-    print(f"{n:>7} {mode:>9} {conv * 1e3:>8.1f} {detect * 1e3:>8.1f} {it * 1e3:>10.1f} {nm * 1e3:>10.1f} "
-          f"{write * 1e3:>7.2f}")
+    print(f"{n:>7} {mode:>9} {conv * 1e3:>8.1f} {detect * 1e3:>8.1f} {it * 1e3:>10.1f} {it_m * 1e3:>10.1f} "
+          f"{it_m / it:>7.2f}x {nm * 1e3:>10.1f} {write * 1e3:>7.2f}")
 
 
 def main() -> None:
@@ -84,6 +87,7 @@ def main() -> None:
     det = Detector(SmopeNet(model_cfg("detector", SmopeConfig)), registry, dev, score_threshold=0.0)
     dcfg = model_cfg("deepim", DeepimConfig)
     deepim = DeepimRefiner(DeepimNet(dcfg), registry, dev)
+    deepim_matcher = DeepimRefiner(DeepimNet(replace(dcfg, depth_matcher=True, matcher_weight=0.5)), registry, dev)
     ncfg = model_cfg("nemo", NemoConfig)
     meshes = NeuralMeshes(registry, ncfg.mesh_vertices, dev)
     nemo = NemoRefiner(NemoModel(ncfg, meshes.num_vertices), registry, dev, meshes)
@@ -91,14 +95,15 @@ def main() -> None:
     f = rosbags_factory(store)
     os.environ["ROS2_POSE6D_FORCE_REFERENCE"] = "0"
     print(f"device {dev}, threads {torch.get_num_threads()}; times in ms per frame (median of {args.repeats})")
-    print(f"{'objects':>7} {'kernels':>9} {'convert':>8} {'detect':>8} {'DeepIM/it':>10} {'NeMo/step':>10} "
-          f"{'write':>7}")
+    print(f"{'objects':>7} {'kernels':>9} {'convert':>8} {'detect':>8} {'DeepIM/it':>10} {'+matcher':>10} "
+          f"{'ratio':>8} {'NeMo/step':>10} {'write':>7}")
     frames = {n: frame_with(registry, n) for n in (1, 5, 10)}  # rendered with our kernel, before any switch
     for n, (frame, ests) in frames.items():
         for mode in ("ours", "reference"):
             os.environ["ROS2_POSE6D_FORCE_REFERENCE"] = "1" if mode == "reference" else "0"
             # the reference rasteriser takes seconds per render: one timed call is enough to see the gap
-            row(n, mode, frame, ests, det, deepim, nemo, store, f, args.repeats if mode == "ours" else 1)
+            row(n, mode, frame, ests, det, deepim, deepim_matcher, nemo, store, f,
+                args.repeats if mode == "ours" else 1)
     os.environ.pop("ROS2_POSE6D_FORCE_REFERENCE", None)
 
 

@@ -69,14 +69,17 @@ class ScaleMatcher(nn.Module):
         # the silhouette and a ring of one cell around it: the outline is where the scale shows
         m = F.max_pool2d(F.adaptive_avg_pool2d(rendered_mask, (h, w)), 3, 1, 1)
         S = len(self.log_scales)
-        grid = scale_grid(self.log_scales.to(fo.dtype), (h, w))  # (S, h, w, 2)
-        grid = grid[None].expand(B, -1, -1, -1, -1).reshape(B * S, h, w, 2)
-        both = torch.cat([fr, m], 1)[:, None].expand(-1, S, -1, -1, -1).reshape(B * S, -1, h, w)
-        warped = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        warped = warped.reshape(B, S, -1, h, w)
-        corr = shifted_correlation(fo, warped[:, :, :-1], warped[:, :, -1:], self.shift)  # (B, S, k, k)
-        logits = torch.logsumexp(corr.flatten(2) * self.log_inv_temp.exp(), -1)  # soft max over the shifts
-        vz = (logits.softmax(-1) * self.log_scales.to(logits.dtype)).sum(-1)
+        # in float32 even under autocast: the candidates' correlations differ by ~1e-2, about bfloat16's step
+        with torch.autocast(fo.device.type, enabled=False):
+            fo, fr, m = fo.float(), fr.float(), m.float()
+            grid = scale_grid(self.log_scales.float(), (h, w))  # (S, h, w, 2)
+            grid = grid[None].expand(B, -1, -1, -1, -1).reshape(B * S, h, w, 2)
+            both = torch.cat([fr, m], 1)[:, None].expand(-1, S, -1, -1, -1).reshape(B * S, -1, h, w)
+            warped = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            warped = warped.reshape(B, S, -1, h, w)
+            corr = shifted_correlation(fo, warped[:, :, :-1], warped[:, :, -1:], self.shift)  # (B, S, k, k)
+            logits = torch.logsumexp(corr.flatten(2) * self.log_inv_temp.exp(), -1)  # soft max over the shifts
+            vz = (logits.softmax(-1) * self.log_scales).sum(-1)
         return vz, logits
 
     def bin_loss(self, logits: Tensor, vz_true: Tensor) -> Tensor:
