@@ -181,11 +181,11 @@ class DeepimTask(TaskBase):
                                              points_m, est)
         diam = m.diameters[label, None]
         pts, sym = m.loss_points[label], m.symmetries[label]
+        fxy = crop_focal(z.K, self.model_cfg.input_size)
+        v_gt = update_target(R_src, t_src, R_gt, t_gt, fxy)[1]  # the true update (disentangled loss, matcher)
         if lc.point_matching == "combined":
             pm = symmetric_point_matching(R_pred, R_gt, pts, sym, t_pred / diam, t_gt / diam).mean()
         else:
-            fxy = crop_focal(z.K, self.model_cfg.input_size)
-            _, v_gt = update_target(R_src, t_src, R_gt, t_gt, fxy)
             v = out["v"]
 
             def translate(v_mix: Tensor) -> Tensor:  # the translation of the update (its rotation is unused)
@@ -199,10 +199,8 @@ class DeepimTask(TaskBase):
             pm = lc.w_rot * terms["rot"] + lc.w_xy * terms["xy"] + lc.w_z * terms["z"]
         loss = lc.w_point_matching * pm
         if "scale_logits" in out:
-            fxy = crop_focal(z.K, self.model_cfg.input_size)
-            vz_gt = update_target(R_src, t_src, R_gt, t_gt, fxy)[1][:, 2]
             scale = getattr(self.forward_module, "module", self.forward_module).depth_matcher.bin_loss(
-                out["scale_logits"], vz_gt)
+                out["scale_logits"], v_gt[:, 2])
             loss = loss + lc.w_scale * scale
         parts = {"point_matching": float(pm.detach()),
                  **({"scale": float(scale.detach())} if "scale_logits" in out else {}),
