@@ -76,6 +76,12 @@ def mssd(R_e, t_e, R_g, t_g, points: np.ndarray, symmetries: np.ndarray) -> floa
     return float(min(np.linalg.norm(est - _transform(R, t, points), axis=1).max() for R, t in zip(Rs, ts)))
 
 
+def _line_of_sight(t: np.ndarray) -> np.ndarray:
+    """Unit direction from the camera to a centre ``t``; a centre at the camera: the optical axis."""
+    dist = np.linalg.norm(t)
+    return t / dist if dist > 0 else np.array([0.0, 0.0, 1.0])
+
+
 def pose_error_parts(R_e, t_e, R_g, t_g, symmetries: np.ndarray) -> tuple[float, float, float]:
     """(rotation [deg], lateral [m], depth [m]) errors against the symmetric ground-truth pose with the
     smallest rotation error: which part of a pose is wrong. The translation error is split along the line
@@ -86,8 +92,7 @@ def pose_error_parts(R_e, t_e, R_g, t_g, symmetries: np.ndarray) -> tuple[float,
     rot = [rotation_error(R_e, R) for R in Rs]
     k = int(np.argmin(rot))
     d = np.asarray(t_e, dtype=np.float64).reshape(3) - ts[k]
-    dist = np.linalg.norm(ts[k])
-    ray = ts[k] / dist if dist > 0 else np.array([0.0, 0.0, 1.0])  # a centre at the camera: the optical axis
+    ray = _line_of_sight(ts[k])
     along = float(d @ ray)
     return rot[k], float(np.linalg.norm(d - along * ray)), abs(along)
 
@@ -97,8 +102,7 @@ def add_with_exact_part(R_e, t_e, R_g, t_g, points: np.ndarray, symmetric: bool)
     truth's (the split of ``pose_error_parts``, about the true centre's line of sight): the part that, made
     exact, passes most targets is the one that holds an estimator back."""
     t_e, t_g = np.asarray(t_e, np.float64).reshape(3), np.asarray(t_g, np.float64).reshape(3)
-    dist = np.linalg.norm(t_g)
-    ray = t_g / dist if dist > 0 else np.array([0.0, 0.0, 1.0])
+    ray = _line_of_sight(t_g)
     along = float((t_e - t_g) @ ray)
     return (add_or_adds(R_g, t_e, R_g, t_g, points, symmetric),
             add_or_adds(R_e, t_g + along * ray, R_g, t_g, points, symmetric),
