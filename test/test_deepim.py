@@ -311,6 +311,55 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
             task_module.DeepimTask(bad, registry)
 
 
+def test_iterative_training_starts_each_step_from_the_last_update(registry, monkeypatch):
+    """loss.train_iterations: DeepIM's iterative training. Step k + 1 starts from step k's update, detached
+    (no gradient through the pose); the loss and its logged parts are the mean over the steps, the metrics
+    the last step's."""
+    import ros2_pose6d.training.tasks.deepim_task as task_module
+    from ros2_pose6d.training.trainer import TrainConfig
+
+    from ros2_pose6d.config import build_config
+
+    n = 6
+    batch = {"image": torch.rand(n, 3, 240, 320), "K": K.expand(n, 3, 3), "label": torch.arange(n) % len(registry),
+             "R": rotation_about_axis(torch.randn(n, 3, generator=torch.Generator().manual_seed(1)), torch.ones(n)),
+             "t": torch.tensor([0.02, -0.01, 0.6]).expand(n, 3)}
+    calls, results = [], []
+    real_loss = task_module.DeepimTask._iteration_loss
+
+    def record(self, renderer, label, R_src, t_src, *args):
+        calls.append((R_src, t_src))
+        results.append(real_loss(self, renderer, label, R_src, t_src, *args))
+        return results[-1]
+
+    monkeypatch.setattr(task_module.DeepimTask, "_iteration_loss", record)
+
+    def task(iterations: int):
+        cfg = build_config(TrainConfig, {"task": "deepim", "out_dir": "unused", "data": {"train": "unused"},
+                                         "model": {"input_size": [48, 64], "width": 0.125, "fc_dim": 32},
+                                         "loss": {"train_iterations": iterations}})
+        return task_module.DeepimTask(cfg, registry)
+
+    torch.manual_seed(0)
+    loss, parts = task(3).step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert len(calls) == 3
+    for (R_next, t_next), (R_new, t_new, _, _) in zip(calls[1:], results):
+        assert not R_next.requires_grad and not t_next.requires_grad
+        torch.testing.assert_close(R_next, R_new.detach())
+        torch.testing.assert_close(t_next, t_new.detach())
+    assert not torch.allclose(calls[1][1], calls[0][1])  # the network did move the pose
+    torch.testing.assert_close(loss, sum(r[2] for r in results) / 3)
+    assert parts["point_matching"] == pytest.approx(sum(r[3]["point_matching"] for r in results) / 3, rel=1e-6)
+    assert parts["flow"] == pytest.approx(sum(r[3]["flow"] for r in results) / 3, rel=1e-6)
+    assert parts["metric/depth_error_ratio"] == results[-1][3]["metric/depth_error_ratio"]
+    loss.backward()  # one graph per step, through the network only
+    calls.clear()
+    task(1).step(batch, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="loss.train_iterations"):
+        task(0)
+
+
 def test_rotation_error_ratio_is_the_share_of_the_rotation_error_left_after_the_update():
     """The training diagnostic: 0 when the update lands on the truth or on a symmetric equivalent of it, 1
     when it leaves the rotation alone, 0.5 half way (the median over the batch)."""

@@ -138,3 +138,21 @@ def test_bin_loss_is_smallest_for_logits_peaked_at_the_true_scale():
 def test_matcher_settings_are_checked():
     with pytest.raises(ValueError, match="scales >= 2"):
         ScaleMatcher(scales=1)
+    with pytest.raises(ValueError, match="blocks >= 0"):
+        ScaleMatcher(blocks=-1)
+
+
+def test_residual_blocks_added_to_a_trained_matcher_start_as_the_identity_and_then_learn():
+    """matcher_blocks > 0 on weights without them (init_from): the same depth update at first; the blocks'
+    zero-initialised last convolutions get a gradient, so they do not stay the identity."""
+    torch.manual_seed(0)
+    plain = ScaleMatcher(channels=8, scales=5, shift=1)
+    grown = ScaleMatcher(channels=8, scales=5, shift=1, blocks=3)
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("blocks.") for k in missing)
+    assert [b.body[2].dilation for b in grown.blocks] == [(1, 1), (2, 2), (4, 4)]
+    obs, rend = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 32, 40)
+    mask = (torch.rand(2, 1, 32, 40) > 0.5).float()
+    torch.testing.assert_close(grown(obs, rend, mask)[1], plain(obs, rend, mask)[1])
+    grown(obs, rend, mask)[0].sum().backward()
+    assert all(b.body[-1].weight.grad.abs().sum() > 0 for b in grown.blocks)

@@ -372,13 +372,16 @@ if world > 1:
 torch.manual_seed(0)
 reg = ObjectRegistry.from_yaml(os.environ["OBJECTS"])
 data = apply_overrides(load_yaml(os.environ["CONFIG"]), ["data.train=" + os.environ["SPLIT"], "data.jitter=0.0",
-                                                         "out_dir=" + os.environ["OUT"]])
+                                                         "out_dir=" + os.environ["OUT"],
+                                                         *os.environ.get("OVERRIDES", "").split()])
+# DATA_RANK/DATA_WORLD: one process computing the gradient of one rank's share of a distributed batch
+data_rank, data_world = int(os.environ.get("DATA_RANK", rank)), int(os.environ.get("DATA_WORLD", world))
 cfg = build_config(TrainConfig, data)
 task = build_task(cfg, reg)
 tr = Trainer(cfg, task, torch.device("cpu"), progress=False)
 ds, collate = task.train_dataset()
-idx = StepBatchSampler(len(ds), 4, 0, 0, 1, rank, world).batch(0)
-loss, _ = task.step(collate([ds[i] for i in idx]), torch.device("cpu"), torch.Generator().manual_seed(rank))
+idx = StepBatchSampler(len(ds), 4, 0, 0, 1, data_rank, data_world).batch(0)
+loss, _ = task.step(collate([ds[i] for i in idx]), torch.device("cpu"), torch.Generator().manual_seed(data_rank))
 (tr.ddp or tr.model).zero_grad()
 loss.backward()
 if rank == 0:
@@ -387,26 +390,47 @@ teardown_distributed()
 """
 
 
+def _run_ddp_worker(tmp_path, env: dict, name: str, ranks: int, port: int) -> dict:
+    """The worker's gradients, in one process (ranks 1) or under torchrun with ``ranks`` gloo ranks."""
+    out = tmp_path / name
+    out.mkdir()
+    if ranks == 1:
+        cmd = [sys.executable, str(tmp_path / "worker.py")]
+        env = {"RANK": "0", "WORLD_SIZE": "1"} | env
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+               str(port), str(tmp_path / "worker.py")]
+    r = subprocess.run(cmd, env=env | {"OUT": str(out)}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]  # a rank's own error comes first
+    return torch.load(out / "g.pt")
+
+
 def test_ddp_two_processes_match_one(registry, split, tmp_path):
     """The detector's gradients (DETR target normalisation all-reduced) under 2 gloo ranks equal one process."""
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
     env = dict(os.environ, TEST_DIR=str(REPO / "test"), OBJECTS=str(REPO / "config" / "objects.yaml"),
                CONFIG=str(CONFIGS / "detector_tiny.yaml"), SPLIT=str(split), OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, str(script)], env=env | {"RANK": "0", "WORLD_SIZE": "1",
-                                                                       "OUT": str(tmp_path)}, capture_output=True,
-                            text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-2000:]
-    g1 = torch.load(tmp_path / "g.pt")
-    (tmp_path / "ddp").mkdir()
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29517", str(script)], env=env | {"OUT": str(tmp_path / "ddp")}, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[:3000] + "\n...\n" + r.stderr[-1500:]  # a rank's own error comes first
-    g2 = torch.load(tmp_path / "ddp" / "g.pt")
+    g1 = _run_ddp_worker(tmp_path, env, "single", 1, 0)
+    g2 = _run_ddp_worker(tmp_path, env, "ddp", 2, 29517)
     assert g1.keys() == g2.keys()
     for k in g1:
         torch.testing.assert_close(g2[k], g1[k], atol=1e-5, rtol=1e-3, msg=k)
+
+
+def test_ddp_iterative_deepim_averages_the_ranks_gradients(registry, split, tmp_path):
+    """DeepIM with loss.train_iterations 2 runs the network twice before one backward pass; under 2 gloo
+    ranks the gradient is still the mean of what each rank's share of the batch gives alone."""
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    env = dict(os.environ, TEST_DIR=str(REPO / "test"), OBJECTS=str(REPO / "config" / "objects.yaml"),
+               CONFIG=str(CONFIGS / "deepim_tiny.yaml"), SPLIT=str(split), OMP_NUM_THREADS="1",
+               OVERRIDES="loss.train_iterations=2 model.input_size=[48,64]")
+    shares = [_run_ddp_worker(tmp_path, env | {"DATA_RANK": str(r), "DATA_WORLD": "2"}, f"rank{r}", 1, 0)
+              for r in (0, 1)]
+    ddp = _run_ddp_worker(tmp_path, env, "ddp", 2, 29518)
+    assert ddp.keys() == shares[0].keys() and len(ddp) > 10
+    for k in ddp:
+        torch.testing.assert_close(ddp[k], (shares[0][k] + shares[1][k]) / 2, atol=1e-5, rtol=1e-3, msg=k)
+    assert not torch.allclose(shares[0]["fc.0.weight"], shares[1]["fc.0.weight"])  # the shares differ
 
 
 def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):

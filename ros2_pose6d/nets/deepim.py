@@ -42,13 +42,15 @@ class DeepimConfig:
     pose_level: str = "conv6_1"
     # the depth update vz from a scale cost volume (nets/scale_matcher.py, our addition) next to the FC head:
     # vz = matcher_weight * matcher's + (1 - matcher_weight) * FC's. matcher_range is the largest |log scale|
-    # searched, matcher_shift the shift allowed (stride-4 cells)
+    # searched, matcher_shift the shift allowed (stride-4 cells), matcher_blocks the residual blocks on its
+    # features (each starts as the identity, so blocks can be added to trained matcher weights)
     depth_matcher: bool = False
     matcher_weight: float = 1.0
     matcher_channels: int = 32
     matcher_scales: int = 21
     matcher_range: float = 0.2
     matcher_shift: int = 3
+    matcher_blocks: int = 0
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -111,7 +113,7 @@ class DeepimNet(nn.Module):
             raise ValueError(f"model.matcher_weight: {cfg.matcher_weight} is not in [0, 1]")
         if cfg.depth_matcher:
             self.depth_matcher = ScaleMatcher(cfg.matcher_channels, cfg.matcher_scales, cfg.matcher_range,
-                                              cfg.matcher_shift)
+                                              cfg.matcher_shift, cfg.matcher_blocks)
 
     # parameters that may start at their initialisation when fine-tuning from weights without them
     # (training's init_from): the depth matcher can be added to trained weights

@@ -22,6 +22,24 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
                          nn.LeakyReLU(0.1, inplace=True))
 
 
+class _ResidualBlock(nn.Module):
+    """Pre-activation residual block whose last convolution starts at zero: added to trained matcher
+    weights (``blocks`` > 0 with init_from), the matcher starts as it was and grows from there."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        groups = min(8, channels // 4)
+        self.body = nn.Sequential(nn.GroupNorm(groups, channels), nn.LeakyReLU(0.1),
+                                  nn.Conv2d(channels, channels, 3, 1, dilation, dilation, bias=False),
+                                  nn.GroupNorm(groups, channels), nn.LeakyReLU(0.1),
+                                  nn.Conv2d(channels, channels, 3, 1, dilation, dilation))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
 def scale_grid(log_scales: Tensor, size: tuple[int, int]) -> Tensor:
     """(S,) log scales -> (S, h, w, 2) grid_sample grid (align_corners=False) that enlarges an image by
     exp(log_scale) about its centre: output pixel x samples the input at x / s."""
@@ -48,14 +66,17 @@ def shifted_correlation(observed: Tensor, rendered: Tensor, weight: Tensor, radi
 
 class ScaleMatcher(nn.Module):
     """forward(observed (B, 3, H, W), rendered (B, 3, H, W), rendered_mask (B, 1, H, W)) ->
-    (vz (B,), scale_logits (B, S)). Features at stride 4, unit length per cell."""
+    (vz (B,), scale_logits (B, S)). Features at stride 4, unit length per cell; ``blocks`` residual blocks
+    (dilations 1, 2, 4, 1, ...) after the three plain convolutions widen their view."""
 
-    def __init__(self, channels: int = 32, scales: int = 21, max_log_scale: float = 0.2, shift: int = 3) -> None:
+    def __init__(self, channels: int = 32, scales: int = 21, max_log_scale: float = 0.2, shift: int = 3,
+                 blocks: int = 0) -> None:
         super().__init__()
-        if scales < 2 or max_log_scale <= 0 or shift < 0:
-            raise ValueError("scale matcher: needs scales >= 2, max_log_scale > 0 and shift >= 0")
+        if scales < 2 or max_log_scale <= 0 or shift < 0 or blocks < 0:
+            raise ValueError("scale matcher: needs scales >= 2, max_log_scale > 0, shift >= 0 and blocks >= 0")
         self.features = nn.Sequential(_conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 32, 1),
                                       nn.Conv2d(32, channels, 3, 1, 1))
+        self.blocks = nn.Sequential(*(_ResidualBlock(channels, 2 ** (i % 3)) for i in range(blocks)))
         self.register_buffer("log_scales", torch.linspace(-max_log_scale, max_log_scale, scales), persistent=False)
         self.shift = shift
         # softmax temperature of the correlations (in [-1, 1]); learned
@@ -63,7 +84,7 @@ class ScaleMatcher(nn.Module):
 
     def forward(self, observed: Tensor, rendered: Tensor, rendered_mask: Tensor) -> tuple[Tensor, Tensor]:
         B = len(observed)
-        f = F.normalize(self.features(torch.cat([observed, rendered])), dim=1)
+        f = F.normalize(self.blocks(self.features(torch.cat([observed, rendered]))), dim=1)
         fo, fr = f[:B], f[B:]
         h, w = fo.shape[-2:]
         # the silhouette and a ring of one cell around it: the outline is where the scale shows

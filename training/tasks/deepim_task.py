@@ -65,6 +65,10 @@ class DeepimLossConfig:
     # with model.depth_matcher: weight of the cross-entropy of its scale candidates against the true vz
     # (ScaleMatcher.bin_loss), next to the point-matching loss that reaches it through vz
     w_scale: float = 0.1
+    # render-and-compare steps per training sample, as in DeepIM's iterative training: the second starts
+    # from the first's update (no gradient through it), so the network also learns from the small errors
+    # it meets in its later inference iterations. The loss is the mean over the steps.
+    train_iterations: int = 1
 
 
 def perturb_poses(R: Tensor, t: Tensor, gen: torch.Generator, rot_std_deg: float,
@@ -128,6 +132,8 @@ class DeepimTask(TaskBase):
         self.models = build_model_set(registry, 512, 256)
         self._renderers: dict[str, MeshRenderer] = {}
         self._step = 0
+        if self.loss_cfg.train_iterations < 1:
+            raise ValueError(f"loss.train_iterations: {self.loss_cfg.train_iterations} is not a positive count")
         for key in ("trans_warmup_steps", "clean_warmup_steps", "w_rot", "w_xy", "w_z", "w_scale"):
             if getattr(self.loss_cfg, key) < 0:
                 raise ValueError(f"loss.{key}: {getattr(self.loss_cfg, key)} is negative")
@@ -177,6 +183,23 @@ class DeepimTask(TaskBase):
                                     RasterSettings(*images.shape[-2:]))
             images = images.clone()
             images[clean] = r.color.permute(0, 3, 1, 2).clamp(0, 1).to(images.dtype)
+        n = lc.train_iterations
+        loss, parts = 0.0, {}
+        for _ in range(n):  # DeepIM's iterative training: each start is the last update, without its gradient
+            R_new, t_new, term, parts_it = self._iteration_loss(renderer, label, R_src, t_src, R_gt, t_gt, K,
+                                                                images, points_m, est)
+            loss = loss + term / n
+            for key, value in parts_it.items():  # losses: the mean over the steps; metrics: the last step's
+                parts[key] = value if key.startswith("metric/") else parts.get(key, 0.0) + value / n
+            R_src, t_src = R_new.detach(), t_new.detach()
+            t_src[:, 2] = t_src[:, 2].clamp_min(0.1)  # as perturb_poses: never behind the camera
+        parts["total"] = float(loss.detach())
+        return loss, parts
+
+    def _iteration_loss(self, renderer: MeshRenderer, label: Tensor, R_src: Tensor, t_src: Tensor, R_gt: Tensor,
+                        t_gt: Tensor, K: Tensor, images: Tensor, points_m: Tensor, est: Tensor):
+        """One render-and-compare step from (R_src, t_src) and its loss: (R_pred, t_pred, loss, logged parts)."""
+        lc, m = self.loss_cfg, self.models
         R_pred, t_pred, out, z = deepim_step(self.forward_module, renderer, label, R_src, t_src, K, images,
                                              points_m, est)
         diam = m.diameters[label, None]
@@ -219,5 +242,5 @@ class DeepimTask(TaskBase):
                     loss = loss + weight * terms[name]
                     parts[name] = float(terms[name].detach())
             parts.update(diag)
-        parts["total"] = float(loss.detach())
-        return loss, parts
+        return R_pred, t_pred, loss, parts
+
