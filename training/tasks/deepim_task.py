@@ -191,7 +191,7 @@ class DeepimTask(TaskBase):
             loss = loss + term / n
             for key, value in parts_it.items():  # losses: the mean over the steps; metrics: the last step's
                 parts[key] = value if key.startswith("metric/") else parts.get(key, 0.0) + value / n
-            R_src, t_src = R_new.detach(), t_new.detach()
+            R_src, t_src = R_new.detach(), t_new.detach().clone()  # clone: t_new stays in the graph
             t_src[:, 2] = t_src[:, 2].clamp_min(0.1)  # as perturb_poses: never behind the camera
         parts["total"] = float(loss.detach())
         return loss, parts
@@ -243,4 +243,3 @@ class DeepimTask(TaskBase):
                     parts[name] = float(terms[name].detach())
             parts.update(diag)
         return R_pred, t_pred, loss, parts
-
