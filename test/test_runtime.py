@@ -32,7 +32,7 @@ def test_parameter_validation():
     problems = validate(REFINER, {"method": "icp", "iterations": -1, "device": "gpu", "tracking": "yes",
                                   "redetect_every": 2.5, "nope": 1})
     text = " | ".join(problems)
-    for expected in ("method must be one of deepim, nemo, none", "iterations must lie in [0, 1000]",
+    for expected in ("method: refiner 'icp': unknown method", "iterations must lie in [0, 1000]",
                      "device must be auto, cpu or cuda[:N]", "tracking must be a bool",
                      "redetect_every must be a int", "unknown parameter 'nope'"):
         assert expected in text, text

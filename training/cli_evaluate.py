@@ -15,7 +15,7 @@ from ros2_pose6d.training.cli_common import run_cli
 from tqdm import tqdm
 
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
-from ros2_pose6d.cli.replay import add_visibility_arg
+from ros2_pose6d.cli.replay import add_refiner_arg, add_visibility_arg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,10 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", choices=("detector", "perturbed"), default="detector",
                    help="start from the detector, or from ground truth perturbed as in DeepIM (refiner only)")
     p.add_argument("--detector", type=Path, help="detector weights (needed with --init detector)")
-    p.add_argument("--refiner", choices=("deepim", "nemo", "none"), default="deepim")
+    add_refiner_arg(p, "deepim", "refinement method")
     p.add_argument("--deepim", type=Path, help="DeepIM weights")
     p.add_argument("--nemo", type=Path, help="NeMo weights")
-    p.add_argument("--iterations", type=int, help="refiner iterations / steps (default: the weights' own)")
+    p.add_argument("--iterations", type=int,
+                   help="refiner iterations / steps (default: the weights' own; a single method only)")
     add_visibility_arg(p)  # with --init detector
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detector score threshold: the detections that are refined and scored as poses")
@@ -48,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.training.tasks.deepim_task import perturb_poses
 
+    from ros2_pose6d.estimation.cascade import parse_refiner
     from ros2_pose6d.estimation.pipeline import Pipeline, PipelineConfig, build_refiner
     from ros2_pose6d.estimation.types import Frame, PoseEstimate
     from ros2_pose6d.eval.bop_csv import BopResult, write_bop_csv
@@ -59,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     if args.init == "detector" and args.detector is None:
         raise ValueError("--init detector needs --detector WEIGHTS")
-    if args.refiner != "none" and getattr(args, args.refiner) is None:
-        raise ValueError(f"--refiner {args.refiner} needs --{args.refiner} WEIGHTS")
+    for stage in parse_refiner(args.refiner):
+        if getattr(args, stage.method) is None:
+            raise ValueError(f"--refiner {args.refiner} needs --{stage.method} WEIGHTS")
     # the detector keeps what AP ranks; the poses are those at --score-threshold (filtered below)
     cfg = PipelineConfig(detector_weights=str(args.detector or ""), refiner=args.refiner,
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
@@ -70,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         pipe = Pipeline.from_config(cfg, registry)
         report.ap_min_score, report.ap_nms_iou = cfg.score_threshold, cfg.nms_iou
     else:  # refiner alone
-        weights = args.deepim if args.refiner == "deepim" else args.nemo
         # the perturbed starts carry no visibility: the refiner's own is reported
-        pipe = Pipeline(registry, None, build_refiner(args.refiner, weights, registry, args.device), args.iterations,
-                        visibility="refiner")
+        refiner = build_refiner(args.refiner, {"deepim": args.deepim, "nemo": args.nemo}, registry, args.device)
+        pipe = Pipeline(registry, None, refiner, args.iterations, visibility="refiner")
     scenes = read_bop_split(args.split, load_depth=False)
     frames = [(s, i) for s in scenes for i in s.im_ids][: args.max_frames]
     if not frames:

@@ -173,17 +173,30 @@ def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) ->
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", type=Path, help="detector weights (default: the shipped demo weights)")
-    p.add_argument("--refiner", choices=("deepim", "nemo", "none"), default="nemo",
-                   help="refinement method (default nemo: the shipped CPU-trained NeMo weights improve poses, the "
-                        "CPU-trained DeepIM weights do not yet; see models/weights/README.md)")
+    add_refiner_arg(p, "nemo", "refinement method (default nemo: the shipped CPU-trained NeMo weights improve poses, "
+                    "the CPU-trained DeepIM weights do not yet; see models/weights/README.md)")
     p.add_argument("--deepim", type=Path, help="DeepIM weights (default: shipped)")
     p.add_argument("--nemo", type=Path, help="NeMo weights (default: shipped)")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--nms-iou", type=float, default=0.7, help="detector duplicate suppression (1: off)")
-    p.add_argument("--iterations", type=int, help="refiner iterations / steps")
+    p.add_argument("--iterations", type=int, help="refiner iterations / steps (a single method only)")
     add_visibility_arg(p)
     p.add_argument("--device", default="cpu")
     add_object_args(p)
+
+
+def add_refiner_arg(p: argparse.ArgumentParser, default: str, help: str) -> None:
+    """--refiner: none, deepim, nemo or a cascade of them (estimation/cascade.py), checked as it is parsed."""
+    def spec(value: str) -> str:
+        from ros2_pose6d.estimation.cascade import parse_refiner
+        try:
+            parse_refiner(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    p.add_argument("--refiner", type=spec, default=default, metavar="{none,deepim,nemo,CASCADE}",
+                   help=help + "; a cascade runs methods in turn, e.g. deepim+nemo+deepim:1 (':N' sets a stage's "
+                        "iterations)")
 
 
 def add_visibility_arg(p: argparse.ArgumentParser) -> None:

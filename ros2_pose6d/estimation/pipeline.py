@@ -4,15 +4,16 @@ the demo and ``evaluate`` all run this object; they only convert messages or fil
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
+from ros2_pose6d.estimation.cascade import CascadeRefiner, is_cascade, parse_refiner
 from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.objects.registry import ObjectRegistry
 
-RefinerName = Literal["deepim", "nemo", "none"]
 # Whose visibility a refined detection reports: the refiner's own (NeMo: from its occlusion map; DeepIM has
 # none and keeps its input's), or the detector's (the visibility head, trained on visib_fract). Poses refined
 # from earlier poses (tracking) always take the refiner's: the detector's would be stale. The default is the
@@ -26,7 +27,7 @@ class PipelineConfig:
     """Weights paths (safetensors written by pose6d-train); refiner 'none' publishes detections as poses."""
 
     detector_weights: str = ""
-    refiner: RefinerName = "deepim"
+    refiner: str = "deepim"  # 'deepim', 'nemo', 'none' or a cascade such as 'deepim+nemo+deepim:1' (cascade.py)
     deepim_weights: str = ""
     nemo_weights: str = ""
     device: str = "cpu"
@@ -36,15 +37,32 @@ class PipelineConfig:
     visibility: VisibilitySource = "detector"  # see VisibilitySource
 
 
-def build_refiner(method: RefinerName, weights: str | Path, registry: ObjectRegistry, device: str):
-    """The refiner named by ``method`` loaded from ``weights``, or None for 'none'."""
+def build_refiner(method: str, weights: Mapping[str, str | Path | None], registry: ObjectRegistry, device: str):
+    """The refiner ``method`` names (cascade.parse_refiner: 'deepim', 'nemo', 'none' or a cascade such as
+    'deepim+nemo+deepim:1'), each method loaded once from ``weights[method]``; None for 'none'. Raises
+    ValueError for a bad name or a method whose weights are not given."""
+    stages = parse_refiner(method)
+    loaded = {}
+    for stage in stages:
+        if stage.method in loaded:
+            continue
+        path = weights.get(stage.method)
+        if not path:
+            raise ValueError(f"refiner {method}: no {stage.method} weights given")
+        loaded[stage.method] = _load_refiner(stage.method, path, registry, device)
+    if not stages:
+        return None
+    if not is_cascade(method):
+        return loaded[stages[0].method]
+    return CascadeRefiner([(stage, loaded[stage.method]) for stage in stages])
+
+
+def _load_refiner(method: str, weights: str | Path, registry: ObjectRegistry, device: str):
     if method == "deepim":
         from ros2_pose6d.estimation.deepim_refiner import DeepimRefiner
         return DeepimRefiner.from_weights(weights, registry, device)
-    if method == "nemo":
-        from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
-        return NemoRefiner.from_weights(weights, registry, device)
-    return None
+    from ros2_pose6d.estimation.nemo_refiner import NemoRefiner
+    return NemoRefiner.from_weights(weights, registry, device)
 
 
 @dataclass
@@ -62,21 +80,23 @@ class Pipeline:
         ``visibility``: whose visibility a refined detection reports (VisibilitySource)."""
         if visibility not in VISIBILITY_SOURCES:
             raise ValueError(f"visibility must be one of {', '.join(VISIBILITY_SOURCES)}, got {visibility!r}")
+        if isinstance(refiner, CascadeRefiner) and iterations is not None:
+            raise ValueError("a cascade takes its iterations from its stages ('deepim:2+nemo:40'), not one count")
         self.registry, self.detector, self.refiner, self.iterations = registry, detector, refiner, iterations
         self.visibility = visibility
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, registry: ObjectRegistry) -> Pipeline:
-        for name, path in (("detector_weights", cfg.detector_weights),
-                           ("deepim_weights", cfg.deepim_weights if cfg.refiner == "deepim" else "x"),
-                           ("nemo_weights", cfg.nemo_weights if cfg.refiner == "nemo" else "x")):
+        weights = {"deepim": cfg.deepim_weights, "nemo": cfg.nemo_weights}
+        needed = ["detector"] + sorted({stage.method for stage in parse_refiner(cfg.refiner)})
+        for name in needed:
+            path = cfg.detector_weights if name == "detector" else weights[name]
             if not path:
-                raise ValueError(f"pipeline: {name} is not set")
-            if path != "x" and not Path(path).is_file():
-                raise FileNotFoundError(f"pipeline: {name} file not found: {path}")
+                raise ValueError(f"pipeline: {name}_weights is not set")
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"pipeline: {name}_weights file not found: {path}")
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
                                          score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou)
-        weights = cfg.deepim_weights if cfg.refiner == "deepim" else cfg.nemo_weights
         return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations,
                    cfg.visibility)
 

@@ -33,7 +33,8 @@ def declare_params(node: Node, specs: tuple[ParamSpec, ...], apply=None) -> dict
         raise ValueError("; ".join(problems))
 
     def on_set(params) -> SetParametersResult:
-        reason = accept_changes(specs, {p.name: p.value for p in params}, apply)
+        current = {s.name: node.get_parameter(s.name).value for s in specs}
+        reason = accept_changes(specs, {p.name: p.value for p in params}, apply, current)
         if reason:
             node.get_logger().warning(f"rejected parameter change: {reason}")
             return SetParametersResult(successful=False, reason=reason)

@@ -1,5 +1,5 @@
 """pose6d_refiner: image + camera_info go into a short frame cache; each `detections` message is matched
-to its image by stamp and refined (DeepIM | NeMo | none, parameter `method`); publishes `poses`,
+to its image by stamp and refined (DeepIM | NeMo | none | a cascade, parameter `method`); publishes `poses`,
 `detections_3d`, `pose_array`, TF per instance, `overlay`, `markers`, and a latched `vision_info`.
 In tracking mode frames are refined from the last refined poses, with a fresh detection every K frames
 or when a fit error passes the threshold."""
@@ -36,6 +36,7 @@ from ros2_pose6d.runtime.tracking import TrackingPolicy
 class RefinerNode(Node):
     def __init__(self) -> None:
         super().__init__("pose6d_refiner")
+        from ros2_pose6d.estimation.cascade import METHODS
         from ros2_pose6d.estimation.pipeline import Pipeline, build_refiner
         from ros2_pose6d.io.ros_convert import header, rclpy_factory
         from ros2_pose6d.objects.registry import ObjectRegistry
@@ -48,9 +49,8 @@ class RefinerNode(Node):
         objects_yaml = p["objects"] or str(default_objects_yaml())
         self.registry = ObjectRegistry.from_yaml(objects_yaml)
         device = resolve_device(p["device"])
-        method = p["method"]
-        weights = p.get(f"{method}_weights") or weights_dir() / f"{method}_demo.safetensors"
-        self.pipeline = Pipeline(self.registry, None, build_refiner(method, weights, self.registry, device),
+        weights = {m: p[f"{m}_weights"] or weights_dir() / f"{m}_demo.safetensors" for m in METHODS}
+        self.pipeline = Pipeline(self.registry, None, build_refiner(p["method"], weights, self.registry, device),
                                  p["iterations"] or None, p["visibility"])
         self.factory = rclpy_factory()
         self.drawer = OverlayDrawer(self.registry)

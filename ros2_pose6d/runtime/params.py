@@ -34,7 +34,30 @@ class ParamSpec:
             return f"{self.name} must be one of {', '.join(self.choices)}, got '{value}'"
         if self.name == "device" and not valid_device(value):
             return f"device must be auto, cpu or cuda[:N], got '{value}'"
+        if self.name == "method":
+            return refiner_reason(value)
         return ""
+
+
+def refiner_reason(value: str) -> str:
+    """'' for a refiner the pipeline can build (none, deepim, nemo or a cascade), else why not."""
+    from ros2_pose6d.estimation.cascade import parse_refiner
+    try:
+        parse_refiner(value)
+    except ValueError as exc:
+        return f"method: {exc}"
+    return ""
+
+
+def conflicts(values: dict[str, Any]) -> list[str]:
+    """Reasons two parameters do not go together (empty: none). A cascade's iterations are in its method
+    string; one ``iterations`` count for all its stages would mean DeepIM iterations and NeMo steps at once."""
+    from ros2_pose6d.estimation.cascade import is_cascade
+    method, iterations = values.get("method"), values.get("iterations")
+    if iterations and isinstance(method, str) and not refiner_reason(method) and is_cascade(method):
+        return [f"iterations must stay 0 with the cascade method '{method}': give each stage's count in method "
+                "(e.g. deepim:2+nemo:40)"]
+    return []
 
 
 def valid_device(value: str) -> bool:
@@ -61,10 +84,12 @@ DETECTOR = COMMON + (
 )
 
 REFINER = COMMON + (
-    ParamSpec("method", "nemo", "refinement method", choices=("deepim", "nemo", "none"), read_only=True),
+    ParamSpec("method", "nemo", "refinement method: deepim | nemo | none, or a cascade run in turn such as "
+              "deepim+nemo+deepim:1 (':N' sets a stage's iterations)", read_only=True),
     ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
-    ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default)", (0, 1000)),
+    ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default; a cascade takes its "
+              "counts from method and needs 0)", (0, 1000)),
     ParamSpec("visibility", "detector", "whose visibility a refined detection reports: the detector's (set "
               "refiner if your detections carry none) or the refiner's own (NeMo: its occlusion map); tracked "
               "poses always take the refiner's",
@@ -92,7 +117,7 @@ def validate(specs: tuple[ParamSpec, ...], values: dict[str, Any]) -> list[str]:
         reason = spec.check(value)
         if reason:
             out.append(reason)
-    return out
+    return out or conflicts(values)
 
 
 # The parameters each node applies while running (`ros2 param set`); every other one is read-only, so that
@@ -102,13 +127,15 @@ REFINER_LIVE = ("iterations", "visibility", "tf_prefix", "redetect_every", "rede
 
 
 def accept_changes(specs: tuple[ParamSpec, ...], changes: dict[str, Any],
-                   apply: Callable[[dict[str, Any]], None] | None = None) -> str:
-    """The on-set rule of both nodes: '' when the changes to our parameters are valid (they are then handed
-    to ``apply``), else the reason. Names that are not ours (use_sim_time, the QoS overrides rclpy declares
-    for a subscription) are left to their owners: rejecting them would refuse those declarations."""
+                   apply: Callable[[dict[str, Any]], None] | None = None,
+                   current: dict[str, Any] | None = None) -> str:
+    """The on-set rule of both nodes: '' when the changes to our parameters are valid, also together with
+    the ``current`` values of the others (they are then handed to ``apply``), else the reason. Names that are
+    not ours (use_sim_time, the QoS overrides rclpy declares for a subscription) are left to their owners:
+    rejecting them would refuse those declarations."""
     names = {s.name for s in specs}
     ours = {k: v for k, v in changes.items() if k in names}
-    reasons = validate(specs, ours)
+    reasons = validate(specs, ours) or conflicts({**(current or {}), **ours})
     if reasons:
         return "; ".join(reasons)
     if ours and apply is not None:

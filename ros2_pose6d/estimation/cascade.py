@@ -1,0 +1,89 @@
+"""Refiners run in sequence, each stage starting from the last one's poses (our addition; neither paper
+chains them).
+
+Why: the two methods fail in different parts of the pose. NeMo's feature-level search puts the rotation
+right more often than DeepIM's FC head, and DeepIM's depth matcher reads the scale better once the
+rotation is right: it takes part of a rotation error for a change of scale (models/weights/README.md,
+"Cascades"). A cascade is named by its stages joined with '+', each 'method' or 'method:N' (N iterations
+for DeepIM, steps for NeMo; without N, the weights' own default): ``deepim+nemo+deepim:1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from ros2_pose6d.estimation.types import Frame, PoseEstimate
+
+METHODS = ("deepim", "nemo")
+_KINDS = "none, deepim, nemo or a cascade of them such as deepim+nemo+deepim:1"
+
+
+class Refiner(Protocol):
+    def refine(self, frame: Frame, estimates: list[PoseEstimate],
+               iterations: int | None = None) -> list[PoseEstimate]: ...
+
+
+@dataclass(frozen=True)
+class Stage:
+    method: str  # one of METHODS
+    iterations: int | None = None  # None: the weights' default
+
+
+def parse_refiner(spec: str) -> list[Stage]:
+    """'none' -> [], 'deepim' -> [Stage('deepim')], 'deepim:2+nemo' -> two stages. Raises ValueError naming
+    the part that is not 'method' or 'method:N' (N >= 1)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"refiner must be {_KINDS}, got {spec!r}")
+    if spec.strip() == "none":
+        return []
+    stages = []
+    for part in spec.split("+"):
+        method, sep, count = (piece.strip() for piece in part.partition(":"))
+        if method not in METHODS:
+            raise ValueError(f"refiner {spec!r}: unknown method {method!r} (a refiner is {_KINDS})")
+        if sep and not (count.isdigit() and int(count) >= 1):
+            raise ValueError(f"refiner {spec!r}: {part.strip()!r} needs a whole number of iterations >= 1 after ':'")
+        stages.append(Stage(method, int(count) if sep else None))
+    return stages
+
+
+def is_cascade(spec: str) -> bool:
+    """True for a spec that ``build_refiner`` turns into a CascadeRefiner (more than a bare method)."""
+    stages = parse_refiner(spec)
+    return len(stages) > 1 or (len(stages) == 1 and stages[0].iterations is not None)
+
+
+class CascadeRefiner:
+    """Runs ``stages`` ((Stage, refiner) pairs) in order. The result of an estimate carries the last stage's
+    fit error, the iterations of all stages together and every stage's notes; its visibility and occlusion
+    map are those of the last stage that estimates them (NeMo; DeepIM passes its input's on)."""
+
+    def __init__(self, stages: list[tuple[Stage, Refiner]]) -> None:
+        if not stages:
+            raise ValueError("a cascade needs at least one stage")
+        self.stages = stages
+
+    def refine(self, frame: Frame, estimates: list[PoseEstimate],
+               iterations: int | None = None) -> list[PoseEstimate]:
+        """Refined copies of ``estimates``, same order. ``iterations`` must be None: a cascade's counts are
+        part of its name (one number for every stage would mean DeepIM iterations and NeMo steps at once)."""
+        if iterations is not None:
+            raise ValueError("a cascade takes its iterations from its stages ('deepim:2+nemo:40'), not one count")
+        current = list(estimates)
+        total = [0] * len(current)
+        touched = [False] * len(current)
+        for stage, refiner in self.stages:
+            before, current = current, refiner.refine(frame, current, stage.iterations)
+            for k, (b, e) in enumerate(zip(before, current, strict=True)):
+                if _refined_here(b, e):
+                    total[k] += e.iterations
+                    touched[k] = True
+        return [replace(e, iterations=n) if hit else e for e, n, hit in zip(current, total, touched, strict=True)]
+
+
+def _refined_here(before: PoseEstimate, after: PoseEstimate) -> bool:
+    """Whether a stage refined ``before`` into ``after``: refiners hand back what they cannot refine
+    unchanged, with a 'not refined: ...' note added (refine_common.screen_estimates, NeMo's divergence)."""
+    added = after.notes[len(before.notes):]
+    return after.stage == "refined" and not any(n.startswith("not refined") for n in added)
