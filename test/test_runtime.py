@@ -3,6 +3,7 @@ published messages (against rosbags' classes), overlay pixels, diagnostics."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -68,6 +69,10 @@ def test_shipped_parameter_file_matches_the_declared_parameters():
         assert validate(specs, values) == []
         assert values == {s.name: s.default for s in specs}
     assert next(s for s in REFINER if s.name == "visibility").choices == VISIBILITY_SOURCES
+    # the launch file's method argument overrides the file's: the same default, or `ros2 launch` alone changes it
+    launch = (REPO / "launch" / "pipeline.launch.py").read_text()
+    declared = re.search(r'DeclareLaunchArgument\("method", default_value="([^"]*)"', launch)
+    assert declared and declared.group(1) == values["method"]
 
 
 def test_frame_cache_matches_by_stamp_and_evicts():

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
+from ros2_pose6d.estimation.cascade import DEFAULT_REFINER
 from ros2_pose6d.estimation.pipeline import Pipeline
 from ros2_pose6d.estimation.types import FrameError
 from ros2_pose6d.eval.report import Report
@@ -173,8 +174,8 @@ def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) ->
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", type=Path, help="detector weights (default: the shipped demo weights)")
-    add_refiner_arg(p, "nemo", "refinement method (default nemo: the shipped CPU-trained NeMo weights improve poses, "
-                    "the CPU-trained DeepIM weights do not yet; see models/weights/README.md)")
+    add_refiner_arg(p, DEFAULT_REFINER, f"refinement method (default {DEFAULT_REFINER}: with the shipped weights it "
+                    "corrects more poses than NeMo or DeepIM alone; see models/weights/README.md)")
     p.add_argument("--deepim", type=Path, help="DeepIM weights (default: shipped)")
     p.add_argument("--nemo", type=Path, help="NeMo weights (default: shipped)")
     p.add_argument("--score-threshold", type=float, default=0.5)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ros2_pose6d.estimation.cascade import DEFAULT_REFINER
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -84,8 +86,8 @@ DETECTOR = COMMON + (
 )
 
 REFINER = COMMON + (
-    ParamSpec("method", "nemo", "refinement method: deepim | nemo | none, or a cascade run in turn such as "
-              "deepim+nemo+deepim:1 (':N' sets a stage's iterations)", read_only=True),
+    ParamSpec("method", DEFAULT_REFINER, "refinement method: deepim | nemo | none, or a cascade run in turn "
+              "such as nemo+deepim:1, the default (':N' sets a stage's iterations)", read_only=True),
     ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default; a cascade takes its "
