@@ -20,6 +20,7 @@ METHODS = ("deepim", "nemo")
 # more poses than either method alone, from detections and from perturbed truth (models/weights/README.md).
 DEFAULT_REFINER = "nemo+deepim:1"
 _KINDS = "none, deepim, nemo or a cascade of them such as deepim+nemo+deepim:1"
+ONE_COUNT_ERROR = "a cascade takes its iterations from its stages ('deepim:2+nemo:40'), not one count"
 
 
 class Refiner(Protocol):
@@ -51,9 +52,10 @@ def parse_refiner(spec: str) -> list[Stage]:
     return stages
 
 
-def is_cascade(spec: str) -> bool:
-    """True for a spec that ``build_refiner`` turns into a CascadeRefiner (more than a bare method)."""
-    stages = parse_refiner(spec)
+def is_cascade(spec: str | list[Stage]) -> bool:
+    """True for a spec (or its parsed stages) that ``build_refiner`` turns into a CascadeRefiner: more than
+    a bare method."""
+    stages = parse_refiner(spec) if isinstance(spec, str) else spec
     return len(stages) > 1 or (len(stages) == 1 and stages[0].iterations is not None)
 
 
@@ -72,7 +74,7 @@ class CascadeRefiner:
         """Refined copies of ``estimates``, same order. ``iterations`` must be None: a cascade's counts are
         part of its name (one number for every stage would mean DeepIM iterations and NeMo steps at once)."""
         if iterations is not None:
-            raise ValueError("a cascade takes its iterations from its stages ('deepim:2+nemo:40'), not one count")
+            raise ValueError(ONE_COUNT_ERROR)
         current = list(estimates)
         total = [0] * len(current)
         touched = [False] * len(current)

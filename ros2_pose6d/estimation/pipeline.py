@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
-from ros2_pose6d.estimation.cascade import CascadeRefiner, is_cascade, parse_refiner
+from ros2_pose6d.estimation.cascade import ONE_COUNT_ERROR, CascadeRefiner, is_cascade, parse_refiner
 from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.objects.registry import ObjectRegistry
@@ -52,7 +52,7 @@ def build_refiner(method: str, weights: Mapping[str, str | Path | None], registr
         loaded[stage.method] = _load_refiner(stage.method, path, registry, device)
     if not stages:
         return None
-    if not is_cascade(method):
+    if not is_cascade(stages):
         return loaded[stages[0].method]
     return CascadeRefiner([(stage, loaded[stage.method]) for stage in stages])
 
@@ -81,7 +81,7 @@ class Pipeline:
         if visibility not in VISIBILITY_SOURCES:
             raise ValueError(f"visibility must be one of {', '.join(VISIBILITY_SOURCES)}, got {visibility!r}")
         if isinstance(refiner, CascadeRefiner) and iterations is not None:
-            raise ValueError("a cascade takes its iterations from its stages ('deepim:2+nemo:40'), not one count")
+            raise ValueError(ONE_COUNT_ERROR)  # here, not on every frame
         self.registry, self.detector, self.refiner, self.iterations = registry, detector, refiner, iterations
         self.visibility = visibility
 
