@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from ros2_pose6d.estimation.refine_common import NOT_REFINED
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 
 METHODS = ("deepim", "nemo")
@@ -89,6 +90,6 @@ class CascadeRefiner:
 
 def _refined_here(before: PoseEstimate, after: PoseEstimate) -> bool:
     """Whether a stage refined ``before`` into ``after``: refiners hand back what they cannot refine
-    unchanged, with a 'not refined: ...' note added (refine_common.screen_estimates, NeMo's divergence)."""
+    unchanged, with a NOT_REFINED note added (refine_common.screen_estimates, NeMo's divergence)."""
     added = after.notes[len(before.notes):]
-    return after.stage == "refined" and not any(n.startswith("not refined") for n in added)
+    return after.stage == "refined" and not any(n.startswith(NOT_REFINED) for n in added)

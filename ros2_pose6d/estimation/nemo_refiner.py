@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, feature_intrinsics, render_compare
-from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
+from ros2_pose6d.estimation.refine_common import NOT_REFINED, frame_tensor, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import zoom_window
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics
@@ -221,7 +221,7 @@ class NemoRefiner:
             e = estimates[i]
             ok = bool(torch.isfinite(R2[k]).all() and torch.isfinite(t2[k]).all() and t2[k, 2] > 0.02)
             if not ok:
-                results[i] = replace(e, notes=[*e.notes, "not refined: optimisation diverged"])
+                results[i] = replace(e, notes=[*e.notes, NOT_REFINED + "optimisation diverged"])
                 continue
             occlusion = paste_crop_mask(occ[k].cpu().numpy(), windows[k].cpu().numpy(), hw)
             results[i] = replace(e, R=R2[k].double().cpu().numpy(), t=t2[k].double().cpu().numpy(), stage="refined",

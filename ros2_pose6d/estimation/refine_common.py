@@ -14,6 +14,8 @@ from ros2_pose6d.estimation.types import Frame, PoseEstimate, validate_frame
 from ros2_pose6d.objects.registry import ObjectRegistry
 
 MIN_DEPTH = 0.02  # [m] closer than this (or behind the camera) is not a pose we can render
+# how every refiner's note on an estimate it hands back unrefined begins (a cascade counts on it)
+NOT_REFINED = "not refined: "
 
 
 def frame_tensor(frame: Frame, device: torch.device) -> Tensor:
@@ -48,7 +50,7 @@ def screen_estimates(frame: Frame, estimates: list[PoseEstimate],
     for i, e in enumerate(estimates):
         reason = screen_reason(frame, e, registry)
         if reason:
-            results.append(replace(e, notes=[*e.notes, f"not refined: {reason}"]))
+            results.append(replace(e, notes=[*e.notes, NOT_REFINED + reason]))
         else:
             usable.append(i)
             results.append(e)

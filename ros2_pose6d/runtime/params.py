@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ros2_pose6d.estimation.cascade import DEFAULT_REFINER
+from ros2_pose6d.estimation.cascade import DEFAULT_REFINER, is_cascade, parse_refiner
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,6 @@ class ParamSpec:
 
 def refiner_reason(value: str) -> str:
     """'' for a refiner the pipeline can build (none, deepim, nemo or a cascade), else why not."""
-    from ros2_pose6d.estimation.cascade import parse_refiner
     try:
         parse_refiner(value)
     except ValueError as exc:
@@ -54,7 +53,6 @@ def refiner_reason(value: str) -> str:
 def conflicts(values: dict[str, Any]) -> list[str]:
     """Reasons two parameters do not go together (empty: none). A cascade's iterations are in its method
     string; one ``iterations`` count for all its stages would mean DeepIM iterations and NeMo steps at once."""
-    from ros2_pose6d.estimation.cascade import is_cascade
     method, iterations = values.get("method"), values.get("iterations")
     if iterations and isinstance(method, str) and not refiner_reason(method) and is_cascade(method):
         return [f"iterations must stay 0 with the cascade method '{method}': give each stage's count in method "
