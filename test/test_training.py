@@ -463,6 +463,22 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     assert "box AP50 (detector, detections scoring >= 0.05, class-wise NMS at IoU 0.7)" in r.stdout
     assert (out / "strict" / "results.csv").read_text().count("\n") == 1  # the header: no pose passed 1.01
     assert json.loads((out / "strict" / "summary.json").read_text())["detected"]["ADD(-S) 0.1d"] == 0.0
+    # --perturb 0,0,0,0 starts at the truth: every start is correct and the refiner's drift is what it adds
+    r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--init", "perturbed", "--perturb", "0,0,0,0",
+             "--refiner", "deepim", "--deepim", str(tmp_path / "deepim" / "final.safetensors"), "--max-frames", "2",
+             "--out", str(out / "exact"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    exact = json.loads((out / "exact" / "summary.json").read_text())
+    assert exact["initial"]["ADD(-S) 0.1d"] == exact["initial"]["AR"] == 1.0
+    assert exact["initial"]["median rot deg"] < 1e-3 and exact["initial"]["median depth mm"] < 1e-3
+    assert exact["refined"]["n"] == exact["initial"]["n"] > 0
+    assert exact["perturbation"] == {"rot_std_deg": 0.0, "x_std": 0.0, "y_std": 0.0, "z_std": 0.0}
+    assert summary["perturbation"]["rot_std_deg"] == 15.0  # the default: DeepIM's
+    for bad, message in ((["--perturb", "15,0.01"], "is not four non-negative numbers"),
+                         (["--perturb", "15,0.01,0.01,-1"], "is not four non-negative numbers"),
+                         (["--detector", "d.safetensors", "--perturb", "1,0,0,0"], "--perturb sets the starts")):
+        r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--refiner", "none", *bad)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
              str(tmp_path / "deepim" / "final.safetensors"), "--refiner", "none", "--out", str(out / "bad"))
     assert r.returncode == 2 and "holds 'deepim' weights" in r.stderr

@@ -17,6 +17,19 @@ from tqdm import tqdm
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
 from ros2_pose6d.cli.replay import add_refiner_arg, add_visibility_arg
 
+DEEPIM_PERTURBATION = (15.0, 0.01, 0.01, 0.05)  # rotation std [deg], translation std x, y, z [m]
+
+
+def perturbation(text: str) -> tuple[float, float, float, float]:
+    """argparse type of --perturb: 'DEG,X,Y,Z', four non-negative numbers."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(v >= 0 for v in values):  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not four non-negative numbers DEG,X,Y,Z")
+    return values
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose6d-evaluate", description=__doc__)
@@ -39,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="box AP50 ranks every detection scoring at least this (AP measures the ranking, so it "
                         "is not cut at --score-threshold; as the 0.05 of common detection benchmarks)")
     p.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
+    p.add_argument("--perturb", type=perturbation, metavar="DEG,X,Y,Z",
+                   help="with --init perturbed: std of the rotation angle about a random axis [deg] and of the "
+                        "translation along x, y, z [m] (default DeepIM's 15,0.01,0.01,0.05; 0,0,0,0 starts at "
+                        "the truth and measures how far a refiner drifts from it: its precision floor)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("out/evaluate"))
@@ -61,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     if args.init == "detector" and args.detector is None:
         raise ValueError("--init detector needs --detector WEIGHTS")
+    if args.init == "detector" and args.perturb is not None:
+        raise ValueError("--perturb sets the starts of --init perturbed; the detector's are its own")
+    perturb = args.perturb or DEEPIM_PERTURBATION
     for stage in parse_refiner(args.refiner):
         if getattr(args, stage.method) is None:
             raise ValueError(f"--refiner {args.refiner} needs --{stage.method} WEIGHTS")
@@ -101,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             R = torch.as_tensor(np.stack([g.R for g in gts]), dtype=torch.float32)
             t = torch.as_tensor(np.stack([g.t for g in gts]), dtype=torch.float32)
-            Rp, tp = perturb_poses(R, t, gen, 15.0, (0.01, 0.01, 0.05))
+            Rp, tp = perturb_poses(R, t, gen, perturb[0], perturb[1:])
             start = [PoseEstimate(g.obj_id, Rp[k].double().numpy(), tp[k].double().numpy(), instance=k)
                      for k, g in enumerate(gts)]
             final = pipe.refine(frame, start)
@@ -120,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     plots = report.plots(args.out, registry)
     summary = {stage: report.summary(stage) for stage in report.targets}
     summary |= report.detection_summary()
+    if args.init == "perturbed":
+        summary["perturbation"] = dict(zip(("rot_std_deg", "x_std", "y_std", "z_std"), perturb))
     summary["seconds_per_frame"] = float(np.mean(times)) if times else None
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.out / 'results.csv'}, {args.out / 'summary.json'}, " + ", ".join(str(p) for p in plots))
