@@ -474,8 +474,9 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     assert exact["refined"]["n"] == exact["initial"]["n"] > 0
     assert exact["perturbation"] == {"rot_std_deg": 0.0, "x_std": 0.0, "y_std": 0.0, "z_std": 0.0}
     assert summary["perturbation"]["rot_std_deg"] == 15.0  # the default: DeepIM's
-    for bad, message in ((["--perturb", "15,0.01"], "is not four non-negative numbers"),
-                         (["--perturb", "15,0.01,0.01,-1"], "is not four non-negative numbers"),
+    for bad, message in ((["--perturb", "15,0.01"], "is not four finite non-negative numbers"),
+                         (["--perturb", "15,0.01,0.01,-1"], "is not four finite non-negative numbers"),
+                         (["--perturb", "15,0.01,0.01,inf"], "is not four finite non-negative numbers"),
                          (["--detector", "d.safetensors", "--perturb", "1,0,0,0"], "--perturb sets the starts")):
         r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--refiner", "none", *bad)
         assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -17,17 +18,15 @@ from tqdm import tqdm
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
 from ros2_pose6d.cli.replay import add_refiner_arg, add_visibility_arg
 
-DEEPIM_PERTURBATION = (15.0, 0.01, 0.01, 0.05)  # rotation std [deg], translation std x, y, z [m]
-
 
 def perturbation(text: str) -> tuple[float, float, float, float]:
-    """argparse type of --perturb: 'DEG,X,Y,Z', four non-negative numbers."""
+    """argparse type of --perturb: 'DEG,X,Y,Z', four finite non-negative numbers."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4 or not all(v >= 0 for v in values):  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"{text!r} is not four non-negative numbers DEG,X,Y,Z")
+    if len(values) != 4 or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not four finite non-negative numbers DEG,X,Y,Z")
     return values
 
 
@@ -64,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ros2_pose6d.training.tasks.deepim_task import perturb_poses
+    from ros2_pose6d.training.tasks.deepim_task import DeepimLossConfig, perturb_poses
 
     from ros2_pose6d.estimation.cascade import parse_refiner
     from ros2_pose6d.estimation.pipeline import Pipeline, PipelineConfig, build_refiner
@@ -80,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--init detector needs --detector WEIGHTS")
     if args.init == "detector" and args.perturb is not None:
         raise ValueError("--perturb sets the starts of --init perturbed; the detector's are its own")
-    perturb = args.perturb or DEEPIM_PERTURBATION
+    trained = DeepimLossConfig()  # DeepIM's training perturbation: the default start
+    perturb = args.perturb or (trained.rot_std_deg, *trained.trans_std)
     for stage in parse_refiner(args.refiner):
         if getattr(args, stage.method) is None:
             raise ValueError(f"--refiner {args.refiner} needs --{stage.method} WEIGHTS")
