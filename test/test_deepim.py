@@ -444,14 +444,15 @@ def test_refiner_keeps_the_last_good_pose_when_the_network_diverges(registry):
 @needs_lmo
 def test_shipped_lmo_weights_lift_perturbed_poses_on_the_real_frames(tmp_path):
     """The LM-O report's DeepIM claim, reproduced by evaluate on the 50 real frames: from DeepIM-perturbed ground
-    truth the shipped LM-O DeepIM (synthetic renders only, one iteration) raises ADD(-S) 0.1d, proj 5px and AR.
-    (Its rotation is unchanged and 5cm5deg is not claimed: see models/weights/lmo_report.md.)"""
+    truth the shipped LM-O DeepIM (synthetic renders only, one iteration, its depth matcher trained on LM-O renders
+    since session 27) raises ADD(-S) 0.1d, 5cm5deg, proj 5px and AR (models/weights/lmo_report.md)."""
     from ros2_pose6d.resources import weights_dir
     before, after = refine_lmo_from_perturbed_truth("deepim", weights_dir() / "deepim_lmo.safetensors",
                                                     tmp_path / "eval")
-    assert after["ADD(-S) 0.1d"] > before["ADD(-S) 0.1d"] + 0.03
+    assert after["ADD(-S) 0.1d"] > before["ADD(-S) 0.1d"] + 0.02
+    assert after["5cm5deg"] > before["5cm5deg"] + 0.02
     assert after["proj 5px"] > before["proj 5px"] + 0.05
-    assert after["AR"] > before["AR"] + 0.01
+    assert after["AR"] > before["AR"] + 0.02
 
 
 def test_depth_error_ratio_leaves_out_starts_at_the_true_depth():
