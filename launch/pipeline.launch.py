@@ -1,4 +1,4 @@
-"""ros2 launch ros2_pose6d pipeline.launch.py [image:=...] [camera_info:=...] [method:=nemo+deepim:1]
+"""ros2 launch ros2_pose6d pipeline.launch.py [image:=...] [camera_info:=...] [method:=nemo+deepim]
 
 Starts the detector and the refiner on one camera, with their parameters from config/pipeline.yaml
 (override the file with params_file:=...), and optionally rviz with config/rviz/pose6d.rviz."""
@@ -24,7 +24,7 @@ def generate_launch_description() -> LaunchDescription:
                               description="ros__parameters of both nodes"),
         DeclareLaunchArgument("objects", default_value="",
                               description="objects.yaml of the object set (empty: the shipped demo objects)"),
-        DeclareLaunchArgument("method", default_value="nemo+deepim:1",
+        DeclareLaunchArgument("method", default_value="nemo+deepim",
                               description="refiner: deepim | nemo | none | a cascade such as nemo+deepim:1"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
         DeclareLaunchArgument("tracking", default_value="false",

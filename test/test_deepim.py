@@ -125,7 +125,7 @@ def _capture_step_inputs(monkeypatch) -> list[dict]:
 
     seen = []
 
-    def capture(net, renderer, label, R, t, K, images, points, est_boxes):
+    def capture(net, renderer, label, R, t, K, images, points, est_boxes, flow_pose=True):
         seen.append({"R": R.clone(), "t": t.clone(), "images": images.clone(), "est_boxes": est_boxes.clone()})
         raise StopIteration
 
@@ -253,7 +253,7 @@ def test_disentangled_loss_gives_rotation_a_gradient_independent_of_the_translat
     angle = torch.zeros(1, requires_grad=True)
     offset = torch.zeros(3)
 
-    def predict(net, renderer, mesh_idx, R_src, t_src, Kb, images, points, est):
+    def predict(net, renderer, mesh_idx, R_src, t_src, Kb, images, points, est, flow_pose=True):
         """The real zoom, with a prediction of a chosen error: rotation by ``angle``, v off by ``offset``."""
         _, _, out, z = real_step(net, renderer, mesh_idx, R_src, t_src, Kb, images, points, est)
         fxy = crop_focal(z.K, (48, 64))

@@ -128,14 +128,21 @@ class InstanceSample:
     R: Tensor  # (3, 3)
     t: Tensor  # (3,)
     visib: float
+    mask_visib: Tensor | None = None  # (H, W) bool: the object's visible pixels (with load_masks)
 
 
 class InstanceDataset(Dataset):
-    """Every annotated instance with visib_fract >= min_visib, for the refiners."""
+    """Every annotated instance with visib_fract >= min_visib, for the refiners; with ``load_masks`` also its
+    visible mask (``mask_visib/``, which must then exist)."""
 
     def __init__(self, split_dir: str | Sequence[str], registry: ObjectRegistry, min_visib: float = 0.2,
-                 jitter: float = 0.0, seed: int = 0) -> None:
+                 jitter: float = 0.0, seed: int = 0, load_masks: bool = False) -> None:
         self.scenes = read_splits(split_dir)
+        for scene in self.scenes:
+            scene.load_masks = load_masks
+            if load_masks and not (scene.dir / "mask_visib").is_dir():
+                raise EmptyDatasetError(f"{scene.dir}: no mask_visib/ folder, whose visible masks this training "
+                                        "needs (model.flow_matcher)")
         self.registry, self.jitter, self.seed = registry, jitter, seed
         self.items = []
         for si, scene in enumerate(self.scenes):
@@ -159,12 +166,20 @@ class InstanceDataset(Dataset):
         img = torch.as_tensor(frame.rgb).permute(2, 0, 1).float() / 255.0
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + i)
         img = photometric_jitter(img, gen, self.jitter)
+        mask = None
+        if self.scenes[si].load_masks:
+            if g.mask_visib is None:
+                raise EmptyDatasetError(f"{self.scenes[si].dir}: no mask_visib/{im_id:06d}_{k:06d}.png, whose "
+                                        "visible mask this training needs (model.flow_matcher)")
+            mask = torch.as_tensor(g.mask_visib)
         return InstanceSample(img, torch.as_tensor(frame.K, dtype=torch.float32), self.registry.index(g.obj_id),
                               torch.as_tensor(g.R, dtype=torch.float32), torch.as_tensor(g.t, dtype=torch.float32),
-                              1.0 if g.visib_fract is None else g.visib_fract)
+                              1.0 if g.visib_fract is None else g.visib_fract, mask)
 
 
 def collate_instances(samples: list[InstanceSample]) -> dict[str, Tensor]:
     return {"image": torch.stack([s.image for s in samples]), "K": torch.stack([s.K for s in samples]),
             "label": torch.tensor([s.label for s in samples]), "R": torch.stack([s.R for s in samples]),
-            "t": torch.stack([s.t for s in samples]), "visib": torch.tensor([s.visib for s in samples])}
+            "t": torch.stack([s.t for s in samples]), "visib": torch.tensor([s.visib for s in samples]),
+            **({"mask_visib": torch.stack([s.mask_visib for s in samples])} if samples[0].mask_visib is not None
+               else {})}

@@ -19,7 +19,7 @@ from ros2_pose6d.estimation.types import Frame, PoseEstimate
 METHODS = ("deepim", "nemo")
 # What the node, replay and the demo run unless told otherwise: with the shipped demo weights it corrects
 # more poses than either method alone, from detections and from perturbed truth (models/weights/README.md).
-DEFAULT_REFINER = "nemo+deepim:1"
+DEFAULT_REFINER = "nemo+deepim"
 _KINDS = "none, deepim, nemo or a cascade of them such as deepim+nemo+deepim:1"
 ONE_COUNT_ERROR = "a cascade takes its iterations from its stages ('deepim:2+nemo:40'), not one count"
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ros2_pose6d.config import build_config
+from ros2_pose6d.estimation.flow_pose import pose_from_flow
 from ros2_pose6d.estimation.model_set import ModelSet, build_model_set
 from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
@@ -34,14 +35,24 @@ def crop_focal(K_crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
 
 
 def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: Tensor,
-                images: Tensor, points: Tensor, est_boxes: Tensor | None):
+                images: Tensor, points: Tensor, est_boxes: Tensor | None, flow_pose: bool = True):
     """One render-and-compare iteration: returns (R_new, t_new, network output, zoomed pair). ``net`` may be
-    wrapped in DistributedDataParallel (training)."""
+    wrapped in DistributedDataParallel (training). With the network's ``pose_from_flow`` and ``flow_pose``
+    the update is solved from the flow matcher's matches; training passes False, so that the losses see the
+    network's own update."""
     cfg = getattr(net, "module", net).cfg
     with torch.no_grad():
         z = zoom_in(renderer, mesh_idx, R, t, K, images, points, est_boxes, cfg.input_size, cfg.zoom_scale)
     out = net(normalise_images(z.observed), normalise_images(z.rendered), z.mask)
     R_new, t_new = apply_update(R, t, out["R_delta"], out["v"], crop_focal(z.K, cfg.input_size))
+    if cfg.pose_from_flow and flow_pose:  # where enough cells match, the update solved from the matcher's flow
+        with torch.no_grad():
+            R_flow, t_flow, ok = pose_from_flow(R, t, z.depth, z.mask, z.K, out["match_flow"],
+                                                out["match_confidence"], cfg.flow_min_confidence)
+        if cfg.flow_depth == "network":  # the solved pose's centre on the image, at the network's depth
+            t_flow = t_flow / t_flow[:, 2:] * t_new[:, 2:]
+        R_new = torch.where(ok[:, None, None], R_flow, R_new)
+        t_new = torch.where(ok[:, None], t_flow, t_new)
     return R_new, t_new, out, z
 
 

@@ -58,8 +58,7 @@ def crop_resize(images: Tensor, boxes: Tensor, out_hw: tuple[int, int], mode: st
     gx = (2 * xs + 1) / W - 1  # grid_sample, align_corners=False: x = ((g + 1) W - 1) / 2
     gy = (2 * ys + 1) / H - 1
     grid = torch.stack([gx[:, None, :].expand(B, h, w), gy[:, :, None].expand(B, h, w)], dim=-1)
-    align = None if mode == "nearest" else False
-    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=align)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def zoom_in_boxes(center: Tensor, boxes: Tensor, out_hw: tuple[int, int], scale: float = 1.4,

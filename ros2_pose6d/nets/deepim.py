@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ros2_pose6d.geometry.rotations import quaternion_to_matrix
+from ros2_pose6d.nets.flow_matcher import FlowMatcher
 from ros2_pose6d.nets.scale_matcher import ScaleMatcher
 
 # FlowNetS encoder: (name, out channels at width 1, kernel, stride)
@@ -51,6 +52,18 @@ class DeepimConfig:
     matcher_range: float = 0.2
     matcher_shift: int = 3
     matcher_blocks: int = 0
+    # correspondences from a local correlation matcher (nets/flow_matcher.py, our addition): with
+    # pose_from_flow the update of each iteration is solved from them by PnP (estimation/flow_pose.py) where
+    # enough cells match with at least flow_min_confidence; elsewhere the FC head's update is kept
+    flow_matcher: bool = False
+    flow_matcher_channels: int = 32
+    flow_matcher_radius: int = 4
+    flow_matcher_blocks: int = 2
+    pose_from_flow: bool = False
+    flow_min_confidence: float = 0.5
+    # "flow": the solved pose as it is; "network": its rotation and its centre on the image, at the depth of
+    # the network's own update (the FC head, blended with the depth matcher's when it is on)
+    flow_depth: str = "flow"
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -66,7 +79,8 @@ class DeepimNet(nn.Module):
     """forward(observed (B, 3, H, W), rendered (B, 3, H, W), rendered_mask (B, 1, H, W)[, observed_mask])
     -> dict: quat (B, 4) unit xyzw, R_delta (B, 3, 3), v (B, 3) (vz blended with the depth matcher's when it
     is on, with its scale_logits (B, S)); flow (B, 2, H/4, W/4) [crop px] and
-    mask_logits (B, 1, H/4, W/4) when the heads are on. Images normalised, masks in {0, 1}."""
+    mask_logits (B, 1, H/4, W/4) when the heads are on; match_flow, match_confidence and match_logits
+    (nets/flow_matcher.py) with the flow matcher. Images normalised, masks in {0, 1}."""
 
     def __init__(self, cfg: DeepimConfig) -> None:
         super().__init__()
@@ -114,10 +128,17 @@ class DeepimNet(nn.Module):
         if cfg.depth_matcher:
             self.depth_matcher = ScaleMatcher(cfg.matcher_channels, cfg.matcher_scales, cfg.matcher_range,
                                               cfg.matcher_shift, cfg.matcher_blocks)
+        if cfg.pose_from_flow and not cfg.flow_matcher:
+            raise ValueError("model.pose_from_flow needs model.flow_matcher: true")
+        if cfg.flow_depth not in ("flow", "network"):
+            raise ValueError(f"model.flow_depth: {cfg.flow_depth!r} is not one of 'flow', 'network'")
+        if cfg.flow_matcher:
+            self.flow_matcher = FlowMatcher(cfg.flow_matcher_channels, cfg.flow_matcher_radius,
+                                            cfg.flow_matcher_blocks)
 
     # parameters that may start at their initialisation when fine-tuning from weights without them
-    # (training's init_from): the depth matcher can be added to trained weights
-    init_fresh_prefixes = ("depth_matcher.",)
+    # (training's init_from): the depth and flow matchers can be added to trained weights
+    init_fresh_prefixes = ("depth_matcher.", "flow_matcher.")
 
     def forward(self, observed: Tensor, rendered: Tensor, rendered_mask: Tensor,
                 observed_mask: Tensor | None = None) -> dict[str, Tensor]:
@@ -140,6 +161,10 @@ class DeepimNet(nn.Module):
             w = self.cfg.matcher_weight
             v = torch.cat([v[:, :2], w * vz[:, None].to(v.dtype) + (1 - w) * v[:, 2:]], 1)
         out["v"] = v
+        if self.cfg.flow_matcher:
+            match = self.flow_matcher(observed, rendered)
+            out.update({"match_flow": match["flow"], "match_confidence": match["confidence"],
+                        "match_logits": match["logits"]})
         if self.cfg.flow_head or self.cfg.mask_head:
             y = skips["conv6_1"]
             for up, skip in ((self.up5, "conv5_1"), (self.up4, "conv4_1"), (self.up3, "conv3_1"), (self.up2, "conv2")):

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+def matcher_conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(8, cout // 4), cout),
                          nn.LeakyReLU(0.1, inplace=True))
 
 
-class _ResidualBlock(nn.Module):
+class ResidualBlock(nn.Module):
     """Pre-activation residual block whose last convolution starts at zero: added to trained matcher
     weights (``blocks`` > 0 with init_from), the matcher starts as it was and grows from there."""
 
@@ -74,9 +74,9 @@ class ScaleMatcher(nn.Module):
         super().__init__()
         if scales < 2 or max_log_scale <= 0 or shift < 0 or blocks < 0:
             raise ValueError("scale matcher: needs scales >= 2, max_log_scale > 0, shift >= 0 and blocks >= 0")
-        self.features = nn.Sequential(_conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 32, 1),
+        self.features = nn.Sequential(matcher_conv(3, 16, 2), matcher_conv(16, 32, 2), matcher_conv(32, 32, 1),
                                       nn.Conv2d(32, channels, 3, 1, 1))
-        self.blocks = nn.Sequential(*(_ResidualBlock(channels, 2 ** (i % 3)) for i in range(blocks)))
+        self.blocks = nn.Sequential(*(ResidualBlock(channels, 2 ** (i % 3)) for i in range(blocks)))
         self.register_buffer("log_scales", torch.linspace(-max_log_scale, max_log_scale, scales), persistent=False)
         self.shift = shift
         # softmax temperature of the correlations (in [-1, 1]); learned

@@ -85,7 +85,7 @@ DETECTOR = COMMON + (
 
 REFINER = COMMON + (
     ParamSpec("method", DEFAULT_REFINER, "refinement method: deepim | nemo | none, or a cascade run in turn "
-              "such as nemo+deepim:1, the default (':N' sets a stage's iterations)", read_only=True),
+              "such as nemo+deepim, the default (':N' sets a stage's iterations)", read_only=True),
     ParamSpec("deepim_weights", "", "DeepIM weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("nemo_weights", "", "NeMo weights (empty: shipped demo weights)", read_only=True),
     ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default; a cascade takes its "

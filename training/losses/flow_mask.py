@@ -1,10 +1,17 @@
 """DeepIM's auxiliary losses, shared by its training step and the flow pre-training: the heads predict at
-stride 4, so the full-resolution targets are subsampled (nearest) to their grid."""
+stride 4, so the full-resolution targets are subsampled (nearest) to their grid. Also the flow matcher's
+loss (our addition), whose targets are the flow averaged over each stride-4 cell."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ros2_pose6d.estimation.flow_pose import cell_flow, cell_points
+from ros2_pose6d.estimation.zoom import ZoomedPair
+from ros2_pose6d.geometry.camera import crop_resize
+from ros2_pose6d.nets.flow_matcher import FlowMatcher
 
 
 def flow_mask_losses(out: dict[str, Tensor], flow: Tensor, valid: Tensor, target_mask: Tensor,
@@ -31,3 +38,29 @@ def flow_mask_losses(out: dict[str, Tensor], flow: Tensor, valid: Tensor, target
     if "mask_logits" in out:
         terms["mask"] = F.binary_cross_entropy_with_logits(out["mask_logits"], sub(target_mask.float()))
     return terms, diag
+
+
+def matcher_loss(matcher: FlowMatcher, out: dict[str, Tensor], flow: Tensor, valid: Tensor, visible: Tensor,
+                 zoomed: ZoomedPair) -> tuple[Tensor, dict[str, float]]:
+    """The flow matcher's cross-entropy against the true flow (N, 2, h, w) [crop px] averaged over each
+    stride-4 cell, over the cells covered by the rendered silhouette whose true match is among the observed
+    object's visible pixels (visible (N, H, W), the full-image masks; an occluded point has no match to
+    learn). Diagnostics: the median end-point error of the matcher's flow over those cells [crop px], its
+    ratio to that of no motion, and the share of them it puts within 2 px."""
+    target, half_valid = cell_flow(flow, valid)
+    uv, _, covered = cell_points(zoomed.depth, zoomed.mask, zoomed.K)
+    h, w = zoomed.depth.shape[-2:]
+    seen_crop = crop_resize(visible[:, None].to(flow.dtype), zoomed.boxes, (h, w), mode="nearest")
+    land = uv + target.permute(0, 2, 3, 1)  # (N, h/4, w/4, 2) where each cell's point is observed [crop px]
+    grid = torch.stack([(2 * land[..., 0] + 1) / w - 1, (2 * land[..., 1] + 1) / h - 1], -1)
+    seen = F.grid_sample(seen_crop, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0] > 0.5
+    cells = half_valid & covered & seen
+    loss = matcher.match_loss(out["match_logits"], target, cells)
+    diag = {}
+    if cells.any():
+        epe = (out["match_flow"].detach() - target).norm(dim=1)[cells]
+        zero = target.norm(dim=1)[cells]
+        diag = {"metric/match_epe": float(epe.median()),
+                "metric/match_epe_ratio": float(epe.median() / zero.median().clamp_min(1e-6)),
+                "metric/match_within_2px": float((epe < 2).float().mean())}
+    return loss, diag

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from ros2_pose6d.training.datasets import InstanceDataset, collate_instances
-from ros2_pose6d.training.losses.flow_mask import flow_mask_losses
+from ros2_pose6d.training.losses.flow_mask import flow_mask_losses, matcher_loss
 from ros2_pose6d.training.losses.point_matching import symmetric_point_matching
 from ros2_pose6d.training.tasks import TaskBase
 from torch import Tensor
@@ -65,6 +65,8 @@ class DeepimLossConfig:
     # with model.depth_matcher: weight of the cross-entropy of its scale candidates against the true vz
     # (ScaleMatcher.bin_loss), next to the point-matching loss that reaches it through vz
     w_scale: float = 0.1
+    # with model.flow_matcher: weight of its correspondence cross-entropy (FlowMatcher.match_loss)
+    w_match: float = 1.0
     # render-and-compare steps per training sample, as in DeepIM's iterative training: the second starts
     # from the first's update (no gradient through it), so the network also learns from the small errors
     # it meets in its later inference iterations. The loss is the mean over the steps.
@@ -134,7 +136,7 @@ class DeepimTask(TaskBase):
         self._step = 0
         if self.loss_cfg.train_iterations < 1:
             raise ValueError(f"loss.train_iterations: {self.loss_cfg.train_iterations} is not a positive count")
-        for key in ("trans_warmup_steps", "clean_warmup_steps", "w_rot", "w_xy", "w_z", "w_scale"):
+        for key in ("trans_warmup_steps", "clean_warmup_steps", "w_rot", "w_xy", "w_z", "w_scale", "w_match"):
             if getattr(self.loss_cfg, key) < 0:
                 raise ValueError(f"loss.{key}: {getattr(self.loss_cfg, key)} is negative")
 
@@ -160,13 +162,14 @@ class DeepimTask(TaskBase):
 
     def train_dataset(self):
         d = self.cfg.data
-        return InstanceDataset(d.train, self.registry, max(0.2, d.min_visib), d.jitter, self.cfg.optim.seed), \
-            collate_instances
+        return InstanceDataset(d.train, self.registry, max(0.2, d.min_visib), d.jitter, self.cfg.optim.seed,
+                               load_masks=self.model_cfg.flow_matcher), collate_instances
 
     def step(self, batch: dict[str, Tensor], device: torch.device, gen: torch.Generator):
         lc = self.loss_cfg
         images, K = batch["image"].to(device), batch["K"].to(device)
         label, R_gt, t_gt = batch["label"].to(device), batch["R"].to(device), batch["t"].to(device)
+        visible = batch["mask_visib"].to(device) if "mask_visib" in batch else None
         R_src, t_src = perturb_poses(R_gt, t_gt, gen, lc.rot_std_deg, self.trans_std())
         m = self.models.to(device)
         points_m = m.loss_points[label] * m.diameters[label, None, None]
@@ -183,11 +186,14 @@ class DeepimTask(TaskBase):
                                     RasterSettings(*images.shape[-2:]))
             images = images.clone()
             images[clean] = r.color.permute(0, 3, 1, 2).clamp(0, 1).to(images.dtype)
+            if visible is not None:  # a clean render hides nothing of its object
+                visible = visible.clone()
+                visible[clean] = r.mask > 0
         n = lc.train_iterations
         loss, parts = 0.0, {}
         for _ in range(n):  # DeepIM's iterative training: each start is the last update, without its gradient
             R_new, t_new, term, parts_it = self._iteration_loss(renderer, label, R_src, t_src, R_gt, t_gt, K,
-                                                                images, points_m, est)
+                                                                images, points_m, est, visible)
             loss = loss + term / n
             for key, value in parts_it.items():  # losses: the mean over the steps; metrics: the last step's
                 parts[key] = value if key.startswith("metric/") else parts.get(key, 0.0) + value / n
@@ -197,11 +203,13 @@ class DeepimTask(TaskBase):
         return loss, parts
 
     def _iteration_loss(self, renderer: MeshRenderer, label: Tensor, R_src: Tensor, t_src: Tensor, R_gt: Tensor,
-                        t_gt: Tensor, K: Tensor, images: Tensor, points_m: Tensor, est: Tensor):
-        """One render-and-compare step from (R_src, t_src) and its loss: (R_pred, t_pred, loss, logged parts)."""
+                        t_gt: Tensor, K: Tensor, images: Tensor, points_m: Tensor, est: Tensor,
+                        visible: Tensor | None = None):
+        """One render-and-compare step from (R_src, t_src) and its loss: (R_pred, t_pred, loss, logged parts).
+        ``visible`` (N, H, W): the observed objects' visible masks (the flow matcher's loss needs them)."""
         lc, m = self.loss_cfg, self.models
         R_pred, t_pred, out, z = deepim_step(self.forward_module, renderer, label, R_src, t_src, K, images,
-                                             points_m, est)
+                                             points_m, est, flow_pose=False)
         diam = m.diameters[label, None]
         pts, sym = m.loss_points[label], m.symmetries[label]
         fxy = crop_focal(z.K, self.model_cfg.input_size)
@@ -231,7 +239,7 @@ class DeepimTask(TaskBase):
                  "metric/depth_error_ratio": depth_error_ratio(t_pred, t_src, t_gt)}
         if lc.point_matching == "disentangled":  # logged apart: which part the network is learning
             parts.update({f"point_matching_{name}": float(term.detach()) for name, term in terms.items()})
-        if "flow" in out or "mask_logits" in out:
+        if "flow" in out or "mask_logits" in out or "match_logits" in out:
             h, w = self.model_cfg.input_size
             with torch.no_grad():
                 tgt = renderer.render(label, R_gt, t_gt, z.K, RasterSettings(h, w), shade=False)
@@ -242,4 +250,12 @@ class DeepimTask(TaskBase):
                     loss = loss + weight * terms[name]
                     parts[name] = float(terms[name].detach())
             parts.update(diag)
+            if "match_logits" in out:
+                if visible is None:
+                    raise ValueError("the flow matcher's loss needs the observed objects' visible masks")
+                match, diag = matcher_loss(getattr(self.forward_module, "module", self.forward_module).flow_matcher,
+                                           out, flow, valid, visible, z)
+                loss = loss + lc.w_match * match
+                parts["match"] = float(match.detach())
+                parts.update(diag)
         return R_pred, t_pred, loss, parts
