@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ros2_pose6d.geometry.pnp import gauss_newton_pnp
-
-STRIDE = 4
+from ros2_pose6d.nets.flow_matcher import STRIDE
 
 
 def cell_points(depth: Tensor, mask: Tensor, K: Tensor, min_cover: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
@@ -48,7 +47,8 @@ def pose_from_flow(R: Tensor, t: Tensor, depth: Tensor, mask: Tensor, K: Tensor,
     """The pose (R (N, 3, 3), t (N, 3)) moved so that its rendered cells land where the matcher's flow
     (N, 2, h/4, w/4) [crop px] puts them, each weighted by its confidence (N, h/4, w/4) at or above
     ``min_confidence``. depth, mask and K are the zoomed pair's rendering at the pose. Returns R_new, t_new
-    and whether each row had ``min_cells`` such cells (where not, the pose is returned unchanged)."""
+    and whether each row had ``min_cells`` such cells and a finite solution in front of the camera (where not,
+    the pose is returned unchanged)."""
     uv, xyz, covered = cell_points(depth, mask, K)
     weights = (confidence * (covered & (confidence >= min_confidence))).flatten(1)
     target = uv + flow.permute(0, 2, 3, 1)
@@ -58,4 +58,5 @@ def pose_from_flow(R: Tensor, t: Tensor, depth: Tensor, mask: Tensor, K: Tensor,
                               K.to(dtype), t.to(dtype), iterations, huber_px)
     R_new = (dR @ R.to(dtype)).to(R.dtype)
     t_new = (t.to(dtype) + dt).to(t.dtype)
+    ok = ok & torch.isfinite(R_new).flatten(1).all(1) & torch.isfinite(t_new).all(1) & (t_new[:, 2] > 0)
     return torch.where(ok[:, None, None], R_new, R), torch.where(ok[:, None], t_new, t), ok
