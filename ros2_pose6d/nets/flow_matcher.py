@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ros2_pose6d.nets.scale_matcher import ResidualBlock, matcher_conv
+from ros2_pose6d.nets.scale_matcher import ResidualBlock, matcher_stem
 
 STRIDE = 4
 
@@ -37,9 +37,9 @@ def peak_readout(logits: Tensor, radius: int) -> tuple[Tensor, Tensor]:
     """Sub-cell displacement and confidence from correlation logits (B, K, h, w), K = (2r+1)^2: the
     probability-weighted mean shift over the 3x3 shifts around the most likely one, in cells (B, 2, h, w)
     as (dx, dy), and the probability mass there (B, h, w)."""
-    B, K, h, w = logits.shape
+    B, _, h, w = logits.shape
     n = 2 * radius + 1
-    prob = logits.softmax(1).reshape(B, n, n, h, w)
+    prob = logits.softmax(1)
     best = logits.argmax(1)  # (B, h, w)
     bi, bj = best // n, best % n
     mass = torch.zeros(B, h, w, dtype=prob.dtype, device=prob.device)
@@ -49,7 +49,7 @@ def peak_readout(logits: Tensor, radius: int) -> tuple[Tensor, Tensor]:
             i, j = bi + di, bj + dj
             inside = (i >= 0) & (i < n) & (j >= 0) & (j < n)
             k = (i.clamp(0, n - 1) * n + j.clamp(0, n - 1))[:, None]
-            p = prob.reshape(B, K, h, w).gather(1, k)[:, 0] * inside
+            p = prob.gather(1, k)[:, 0] * inside
             mass = mass + p
             sx = sx + p * (j - radius)
             sy = sy + p * (i - radius)
@@ -66,8 +66,7 @@ class FlowMatcher(nn.Module):
         super().__init__()
         if radius < 1 or blocks < 0:
             raise ValueError("flow matcher: needs radius >= 1 and blocks >= 0")
-        self.features = nn.Sequential(matcher_conv(3, 16, 2), matcher_conv(16, 32, 2), matcher_conv(32, 32, 1),
-                                      nn.Conv2d(32, channels, 3, 1, 1))
+        self.features = matcher_stem(channels)
         self.blocks = nn.Sequential(*(ResidualBlock(channels, 2 ** (i % 3)) for i in range(blocks)))
         self.radius = radius
         self.log_inv_temp = nn.Parameter(torch.tensor(3.0))  # softmax temperature of the correlations

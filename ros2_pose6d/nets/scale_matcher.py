@@ -17,9 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def matcher_conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(8, cout // 4), cout),
                          nn.LeakyReLU(0.1, inplace=True))
+
+
+def matcher_stem(channels: int) -> nn.Sequential:
+    """The matchers' feature extractor: three GroupNorm convolutions to stride 4, then a linear projection."""
+    return nn.Sequential(_conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 32, 1),
+                         nn.Conv2d(32, channels, 3, 1, 1))
 
 
 class ResidualBlock(nn.Module):
@@ -74,8 +80,7 @@ class ScaleMatcher(nn.Module):
         super().__init__()
         if scales < 2 or max_log_scale <= 0 or shift < 0 or blocks < 0:
             raise ValueError("scale matcher: needs scales >= 2, max_log_scale > 0, shift >= 0 and blocks >= 0")
-        self.features = nn.Sequential(matcher_conv(3, 16, 2), matcher_conv(16, 32, 2), matcher_conv(32, 32, 1),
-                                      nn.Conv2d(32, channels, 3, 1, 1))
+        self.features = matcher_stem(channels)
         self.blocks = nn.Sequential(*(ResidualBlock(channels, 2 ** (i % 3)) for i in range(blocks)))
         self.register_buffer("log_scales", torch.linspace(-max_log_scale, max_log_scale, scales), persistent=False)
         self.shift = shift
