@@ -156,3 +156,32 @@ def test_residual_blocks_added_to_a_trained_matcher_start_as_the_identity_and_th
     torch.testing.assert_close(grown(obs, rend, mask)[1], plain(obs, rend, mask)[1])
     grown(obs, rend, mask)[0].sum().backward()
     assert all(b.body[-1].weight.grad.abs().sum() > 0 for b in grown.blocks)
+
+
+def test_renormalised_warps_find_a_known_scale_that_plain_warps_shrink():
+    """Given features (the stem swapped for the identity) whose observed map is the rendered map warped by a
+    candidate scale and brought back to unit length, the renormalising matcher scores that candidate with
+    correlation 1, the most there is, so its logits peak there. The plain matcher scores the same candidate
+    lower (bilinear warping shortens the features) while the identity candidate keeps full-length features:
+    the pull toward no change that renormalising removes."""
+    torch.manual_seed(0)
+    h, w = 24, 30
+    field = F.interpolate(torch.randn(1, 8, 8, 10), size=(h, w), mode="bilinear", align_corners=False)
+    field = F.normalize(field, dim=1)
+    true = 3  # candidate index: log scale -0.2 + 3 * 0.04 = -0.08
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., 6:-6, 7:-7] = 1
+    scores = {}
+    for renormalise in (False, True):
+        matcher = ScaleMatcher(channels=8, scales=11, max_log_scale=0.2, shift=0, renormalise=renormalise)
+        matcher.features = torch.nn.Identity()
+        with torch.no_grad():
+            matcher.log_inv_temp.fill_(0.0)  # logits = the correlations themselves
+            grid = scale_grid(matcher.log_scales[true:true + 1], (h, w))
+            observed = F.normalize(F.grid_sample(field, grid, mode="bilinear", align_corners=False), dim=1)
+            _, logits = matcher(observed, field, mask)
+        scores[renormalise] = logits[0]
+    assert float(scores[True][true]) == pytest.approx(1.0, abs=1e-5)
+    assert int(scores[True].argmax()) == true
+    assert float(scores[False][true]) < 0.99
+    assert float(scores[False][5]) == pytest.approx(float(scores[True][5]), abs=1e-6)  # identity: no interpolation

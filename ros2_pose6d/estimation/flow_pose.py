@@ -1,8 +1,9 @@
 """The pose update from a flow matcher's correspondences (nets/flow_matcher.py; our addition to DeepIM).
 
-Each stride-4 cell of the rendered crop that the silhouette covers gives one 3D point (the rendered
-depth, back-projected at the covered pixels' centroid) and where the matcher sees it in the observed
-crop. Weighted Gauss-Newton PnP (geometry/pnp.py) turns them into the pose update."""
+Each stride-4 cell (stride-2 with the matcher's fine level) of the rendered crop that the silhouette
+covers gives one 3D point (the rendered depth, back-projected at the covered pixels' centroid) and where
+the matcher sees it in the observed crop. Weighted Gauss-Newton PnP (geometry/pnp.py) turns them into
+the pose update."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from ros2_pose6d.geometry.pnp import gauss_newton_pnp
 from ros2_pose6d.nets.flow_matcher import STRIDE
 
 
-def cell_points(depth: Tensor, mask: Tensor, K: Tensor, min_cover: float = 0.5) -> tuple[Tensor, Tensor, Tensor]:
-    """Per stride-4 cell of a rendered crop (depth (N, h, w) [m], mask (N, 1, h, w), crop K (N, 3, 3)): the
-    centroid of its rendered pixels (N, h/4, w/4, 2) [crop px], their mean 3D point in the camera frame
-    (N, h/4, w/4, 3) and whether the silhouette covers at least ``min_cover`` of it (N, h/4, w/4)."""
+def cell_points(depth: Tensor, mask: Tensor, K: Tensor, min_cover: float = 0.5,
+                stride: int = STRIDE) -> tuple[Tensor, Tensor, Tensor]:
+    """Per stride-s cell of a rendered crop (depth (N, h, w) [m], mask (N, 1, h, w), crop K (N, 3, 3)): the
+    centroid of its rendered pixels (N, h/s, w/s, 2) [crop px], their mean 3D point in the camera frame
+    (N, h/s, w/s, 3) and whether the silhouette covers at least ``min_cover`` of it (N, h/s, w/s)."""
     N, h, w = depth.shape
     m = mask[:, 0].to(depth.dtype)
     v, u = torch.meshgrid(torch.arange(h, dtype=depth.dtype, device=depth.device),
@@ -26,18 +28,18 @@ def cell_points(depth: Tensor, mask: Tensor, K: Tensor, min_cover: float = 0.5) 
     rays = uv1 @ torch.linalg.inv(K)[:, None].transpose(-1, -2)  # (N, h, w, 3), z = 1
     cam = rays * depth[..., None]
     stacked = torch.cat([uv1[..., :2], cam], -1).permute(0, 3, 1, 2) * m[:, None]  # (N, 5, h, w)
-    pooled = F.avg_pool2d(stacked, STRIDE)
-    cover = F.avg_pool2d(m[:, None], STRIDE)[:, 0]
+    pooled = F.avg_pool2d(stacked, stride)
+    cover = F.avg_pool2d(m[:, None], stride)[:, 0]
     mean = (pooled / cover[:, None].clamp_min(1e-6)).permute(0, 2, 3, 1)
     return mean[..., :2], mean[..., 2:], cover >= min_cover
 
 
-def cell_flow(flow: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean of a dense flow (N, 2, h, w) over the valid pixels (N, h, w) of each stride-4 cell, the
-    matcher's training target (N, 2, h/4, w/4), and whether at least half of the cell is valid."""
+def cell_flow(flow: Tensor, valid: Tensor, stride: int = STRIDE) -> tuple[Tensor, Tensor]:
+    """Mean of a dense flow (N, 2, h, w) over the valid pixels (N, h, w) of each stride-s cell, the
+    matcher's training target (N, 2, h/s, w/s), and whether at least half of the cell is valid."""
     v = valid[:, None].to(flow.dtype)
-    share = F.avg_pool2d(v, STRIDE)
-    mean = F.avg_pool2d(flow * v, STRIDE) / share.clamp_min(1e-6)
+    share = F.avg_pool2d(v, stride)
+    mean = F.avg_pool2d(flow * v, stride) / share.clamp_min(1e-6)
     return mean, share[:, 0] >= 0.5
 
 
@@ -45,11 +47,12 @@ def pose_from_flow(R: Tensor, t: Tensor, depth: Tensor, mask: Tensor, K: Tensor,
                    min_confidence: float = 0.5, min_cells: int = 12, iterations: int = 10,
                    huber_px: float = 2.0) -> tuple[Tensor, Tensor, Tensor]:
     """The pose (R (N, 3, 3), t (N, 3)) moved so that its rendered cells land where the matcher's flow
-    (N, 2, h/4, w/4) [crop px] puts them, each weighted by its confidence (N, h/4, w/4) at or above
+    (N, 2, h/s, w/s) [crop px] puts them (s = 4 or 2, read from the shapes), each weighted by its confidence
+    (N, h/s, w/s) at or above
     ``min_confidence``. depth, mask and K are the zoomed pair's rendering at the pose. Returns R_new, t_new
     and whether each row had ``min_cells`` such cells and a finite solution in front of the camera (where not,
     the pose is returned unchanged)."""
-    uv, xyz, covered = cell_points(depth, mask, K)
+    uv, xyz, covered = cell_points(depth, mask, K, stride=depth.shape[-1] // flow.shape[-1])
     weights = (confidence * (covered & (confidence >= min_confidence))).flatten(1)
     target = uv + flow.permute(0, 2, 3, 1)
     ok = (weights > 0).sum(1) >= min_cells

@@ -52,13 +52,16 @@ class DeepimConfig:
     matcher_range: float = 0.2
     matcher_shift: int = 3
     matcher_blocks: int = 0
+    matcher_renormalise: bool = False  # warped features back to unit length (ScaleMatcher's docstring)
     # correspondences from a local correlation matcher (nets/flow_matcher.py, our addition): with
     # pose_from_flow the update of each iteration is solved from them by PnP (estimation/flow_pose.py) where
-    # enough cells match with at least flow_min_confidence; elsewhere the FC head's update is kept
+    # enough cells match with at least flow_min_confidence; elsewhere the FC head's update is kept.
+    # flow_matcher_refine > 0 adds the matcher's stride-2 level with windows of that many half-cells either way
     flow_matcher: bool = False
     flow_matcher_channels: int = 32
     flow_matcher_radius: int = 4
     flow_matcher_blocks: int = 2
+    flow_matcher_refine: int = 0
     pose_from_flow: bool = False
     flow_min_confidence: float = 0.5
     # "flow": the solved pose as it is; "network": its rotation and its centre on the image, at the depth of
@@ -80,7 +83,8 @@ class DeepimNet(nn.Module):
     -> dict: quat (B, 4) unit xyzw, R_delta (B, 3, 3), v (B, 3) (vz blended with the depth matcher's when it
     is on, with its scale_logits (B, S)); flow (B, 2, H/4, W/4) [crop px] and
     mask_logits (B, 1, H/4, W/4) when the heads are on; match_flow, match_confidence and match_logits
-    (nets/flow_matcher.py) with the flow matcher. Images normalised, masks in {0, 1}."""
+    (nets/flow_matcher.py) with the flow matcher, plus match_coarse_flow, match_fine_centre and
+    match_fine_logits with its stride-2 level. Images normalised, masks in {0, 1}."""
 
     def __init__(self, cfg: DeepimConfig) -> None:
         super().__init__()
@@ -127,14 +131,14 @@ class DeepimNet(nn.Module):
             raise ValueError(f"model.matcher_weight: {cfg.matcher_weight} is not in [0, 1]")
         if cfg.depth_matcher:
             self.depth_matcher = ScaleMatcher(cfg.matcher_channels, cfg.matcher_scales, cfg.matcher_range,
-                                              cfg.matcher_shift, cfg.matcher_blocks)
+                                              cfg.matcher_shift, cfg.matcher_blocks, cfg.matcher_renormalise)
         if cfg.pose_from_flow and not cfg.flow_matcher:
             raise ValueError("model.pose_from_flow needs model.flow_matcher: true")
         if cfg.flow_depth not in ("flow", "network"):
             raise ValueError(f"model.flow_depth: {cfg.flow_depth!r} is not one of 'flow', 'network'")
         if cfg.flow_matcher:
             self.flow_matcher = FlowMatcher(cfg.flow_matcher_channels, cfg.flow_matcher_radius,
-                                            cfg.flow_matcher_blocks)
+                                            cfg.flow_matcher_blocks, cfg.flow_matcher_refine)
 
     # parameters that may start at their initialisation when fine-tuning from weights without them
     # (training's init_from): the depth and flow matchers can be added to trained weights
@@ -165,6 +169,9 @@ class DeepimNet(nn.Module):
             match = self.flow_matcher(observed, rendered)
             out.update({"match_flow": match["flow"], "match_confidence": match["confidence"],
                         "match_logits": match["logits"]})
+            if "fine_logits" in match:
+                out.update({"match_coarse_flow": match["coarse_flow"], "match_fine_centre": match["fine_centre"],
+                            "match_fine_logits": match["fine_logits"]})
         if self.cfg.flow_head or self.cfg.mask_head:
             y = skips["conv6_1"]
             for up, skip in ((self.up5, "conv5_1"), (self.up4, "conv4_1"), (self.up3, "conv3_1"), (self.up2, "conv2")):

@@ -17,14 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+def conv_gn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """3x3 convolution, GroupNorm, leaky ReLU: the matchers' building block."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(min(8, cout // 4), cout),
                          nn.LeakyReLU(0.1, inplace=True))
 
 
 def matcher_stem(channels: int) -> nn.Sequential:
     """The matchers' feature extractor: three GroupNorm convolutions to stride 4, then a linear projection."""
-    return nn.Sequential(_conv(3, 16, 2), _conv(16, 32, 2), _conv(32, 32, 1),
+    return nn.Sequential(conv_gn(3, 16, 2), conv_gn(16, 32, 2), conv_gn(32, 32, 1),
                          nn.Conv2d(32, channels, 3, 1, 1))
 
 
@@ -73,10 +74,15 @@ def shifted_correlation(observed: Tensor, rendered: Tensor, weight: Tensor, radi
 class ScaleMatcher(nn.Module):
     """forward(observed (B, 3, H, W), rendered (B, 3, H, W), rendered_mask (B, 1, H, W)) ->
     (vz (B,), scale_logits (B, S)). Features at stride 4, unit length per cell; ``blocks`` residual blocks
-    (dilations 1, 2, 4, 1, ...) after the three plain convolutions widen their view."""
+    (dilations 1, 2, 4, 1, ...) after the three plain convolutions widen their view.
+
+    ``renormalise``: bilinear warping averages neighbouring unit features into shorter vectors, except at the
+    identity scale, which copies them; so the unwarped candidate correlates best and pulls every answer toward
+    no change (session 29: at the true rotation, a true log scale of +-0.02 read as about +-0.01). Scaling each
+    warped cell back to unit length removes that pull."""
 
     def __init__(self, channels: int = 32, scales: int = 21, max_log_scale: float = 0.2, shift: int = 3,
-                 blocks: int = 0) -> None:
+                 blocks: int = 0, renormalise: bool = False) -> None:
         super().__init__()
         if scales < 2 or max_log_scale <= 0 or shift < 0 or blocks < 0:
             raise ValueError("scale matcher: needs scales >= 2, max_log_scale > 0, shift >= 0 and blocks >= 0")
@@ -84,6 +90,7 @@ class ScaleMatcher(nn.Module):
         self.blocks = nn.Sequential(*(ResidualBlock(channels, 2 ** (i % 3)) for i in range(blocks)))
         self.register_buffer("log_scales", torch.linspace(-max_log_scale, max_log_scale, scales), persistent=False)
         self.shift = shift
+        self.renormalise = renormalise
         # softmax temperature of the correlations (in [-1, 1]); learned
         self.log_inv_temp = nn.Parameter(torch.tensor(3.0))
 
@@ -103,7 +110,8 @@ class ScaleMatcher(nn.Module):
             both = torch.cat([fr, m], 1)[:, None].expand(-1, S, -1, -1, -1).reshape(B * S, -1, h, w)
             warped = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             warped = warped.reshape(B, S, -1, h, w)
-            corr = shifted_correlation(fo, warped[:, :, :-1], warped[:, :, -1:], self.shift)  # (B, S, k, k)
+            feats = F.normalize(warped[:, :, :-1], dim=2) if self.renormalise else warped[:, :, :-1]
+            corr = shifted_correlation(fo, feats, warped[:, :, -1:], self.shift)  # (B, S, k, k)
             logits = torch.logsumexp(corr.flatten(2) * self.log_inv_temp.exp(), -1)  # soft max over the shifts
             vz = (logits.softmax(-1) * self.log_scales).sum(-1)
         return vz, logits

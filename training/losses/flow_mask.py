@@ -1,6 +1,6 @@
 """DeepIM's auxiliary losses, shared by its training step and the flow pre-training: the heads predict at
 stride 4, so the full-resolution targets are subsampled (nearest) to their grid. Also the flow matcher's
-loss (our addition), whose targets are the flow averaged over each stride-4 cell."""
+loss (our addition), whose targets are the flow averaged over each stride-4 (and stride-2) cell."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 from ros2_pose6d.estimation.flow_pose import cell_flow, cell_points
 from ros2_pose6d.estimation.zoom import ZoomedPair
 from ros2_pose6d.geometry.camera import crop_resize
-from ros2_pose6d.nets.flow_matcher import FlowMatcher
+from ros2_pose6d.nets.flow_matcher import FINE_STRIDE, STRIDE, FlowMatcher
 
 
 def flow_mask_losses(out: dict[str, Tensor], flow: Tensor, valid: Tensor, target_mask: Tensor,
@@ -40,27 +40,44 @@ def flow_mask_losses(out: dict[str, Tensor], flow: Tensor, valid: Tensor, target
     return terms, diag
 
 
+def _seen_cells(flow: Tensor, valid: Tensor, seen_crop: Tensor, zoomed: ZoomedPair,
+                stride: int) -> tuple[Tensor, Tensor]:
+    """The true flow per stride-s cell (N, 2, h/s, w/s) and the cells that have a match to learn: half valid,
+    covered by the rendered silhouette, and landing on the observed object's visible pixels."""
+    target, half_valid = cell_flow(flow, valid, stride)
+    uv, _, covered = cell_points(zoomed.depth, zoomed.mask, zoomed.K, stride=stride)
+    h, w = zoomed.depth.shape[-2:]
+    land = uv + target.permute(0, 2, 3, 1)  # (N, h/s, w/s, 2) where each cell's point is observed [crop px]
+    grid = torch.stack([(2 * land[..., 0] + 1) / w - 1, (2 * land[..., 1] + 1) / h - 1], -1)
+    seen = F.grid_sample(seen_crop, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0] > 0.5
+    return target, half_valid & covered & seen
+
+
+def _epe_diag(pred: Tensor, target: Tensor, cells: Tensor, prefix: str) -> dict[str, float]:
+    if not cells.any():
+        return {}
+    epe = (pred.detach() - target).norm(dim=1)[cells]
+    zero = target.norm(dim=1)[cells]
+    return {f"metric/{prefix}_epe": float(epe.median()),
+            f"metric/{prefix}_epe_ratio": float(epe.median() / zero.median().clamp_min(1e-6)),
+            f"metric/{prefix}_within_2px": float((epe < 2).float().mean())}
+
+
 def matcher_loss(matcher: FlowMatcher, out: dict[str, Tensor], flow: Tensor, valid: Tensor, visible: Tensor,
                  zoomed: ZoomedPair) -> tuple[Tensor, dict[str, float]]:
     """The flow matcher's cross-entropy against the true flow (N, 2, h, w) [crop px] averaged over each
     stride-4 cell, over the cells covered by the rendered silhouette whose true match is among the observed
     object's visible pixels (visible (N, H, W), the full-image masks; an occluded point has no match to
-    learn). Diagnostics: the median end-point error of the matcher's flow over those cells [crop px], its
-    ratio to that of no motion, and the share of them it puts within 2 px."""
-    target, half_valid = cell_flow(flow, valid)
-    uv, _, covered = cell_points(zoomed.depth, zoomed.mask, zoomed.K)
+    learn); with the matcher's stride-2 level, plus its own on the stride-2 cells. Diagnostics per level: the
+    median end-point error of the matcher's flow over those cells [crop px], its ratio to that of no motion,
+    and the share of them it puts within 2 px."""
     h, w = zoomed.depth.shape[-2:]
     seen_crop = crop_resize(visible[:, None].to(flow.dtype), zoomed.boxes, (h, w), mode="nearest")
-    land = uv + target.permute(0, 2, 3, 1)  # (N, h/4, w/4, 2) where each cell's point is observed [crop px]
-    grid = torch.stack([(2 * land[..., 0] + 1) / w - 1, (2 * land[..., 1] + 1) / h - 1], -1)
-    seen = F.grid_sample(seen_crop, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0] > 0.5
-    cells = half_valid & covered & seen
+    target, cells = _seen_cells(flow, valid, seen_crop, zoomed, STRIDE)
     loss = matcher.match_loss(out["match_logits"], target, cells)
-    diag = {}
-    if cells.any():
-        epe = (out["match_flow"].detach() - target).norm(dim=1)[cells]
-        zero = target.norm(dim=1)[cells]
-        diag = {"metric/match_epe": float(epe.median()),
-                "metric/match_epe_ratio": float(epe.median() / zero.median().clamp_min(1e-6)),
-                "metric/match_within_2px": float((epe < 2).float().mean())}
+    diag = _epe_diag(out.get("match_coarse_flow", out["match_flow"]), target, cells, "match")
+    if "match_fine_logits" in out:
+        target_f, cells_f = _seen_cells(flow, valid, seen_crop, zoomed, FINE_STRIDE)
+        loss = loss + matcher.fine_loss(out["match_fine_logits"], target_f, out["match_fine_centre"], cells_f)
+        diag.update(_epe_diag(out["match_flow"], target_f, cells_f, "match_fine"))
     return loss, diag
