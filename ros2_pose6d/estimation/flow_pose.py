@@ -48,10 +48,9 @@ def pose_from_flow(R: Tensor, t: Tensor, depth: Tensor, mask: Tensor, K: Tensor,
                    huber_px: float = 2.0) -> tuple[Tensor, Tensor, Tensor]:
     """The pose (R (N, 3, 3), t (N, 3)) moved so that its rendered cells land where the matcher's flow
     (N, 2, h/s, w/s) [crop px] puts them (s = 4 or 2, read from the shapes), each weighted by its confidence
-    (N, h/s, w/s) at or above
-    ``min_confidence``. depth, mask and K are the zoomed pair's rendering at the pose. Returns R_new, t_new
-    and whether each row had ``min_cells`` such cells and a finite solution in front of the camera (where not,
-    the pose is returned unchanged)."""
+    (N, h/s, w/s) at or above ``min_confidence``. depth, mask and K are the zoomed pair's rendering at the
+    pose. Returns R_new, t_new and whether each row had ``min_cells`` such cells and a finite solution in front
+    of the camera (where not, the pose is returned unchanged)."""
     uv, xyz, covered = cell_points(depth, mask, K, stride=depth.shape[-1] // flow.shape[-1])
     weights = (confidence * (covered & (confidence >= min_confidence))).flatten(1)
     target = uv + flow.permute(0, 2, 3, 1)
