@@ -262,6 +262,8 @@ def test_pose_from_the_true_flow_recovers_a_rendered_object(stride):
     assert solved.all()
     assert float(geodesic_angle(R, R_gt).max()) < math.radians(1.0)  # from 11 and 9 deg
     assert float((t - t_gt).norm(dim=1).max()) < 0.004  # from 42 and 51 mm
+    with pytest.raises(ValueError, match="not a whole-stride grid"):  # a flow grid that does not tile the crop
+        pose_from_flow(R_src, t_src, z.depth, z.mask, z.K, target[..., :-1], confidence[..., :-1])
 
 
 def test_deepim_uses_the_flow_pose_where_enough_cells_match():

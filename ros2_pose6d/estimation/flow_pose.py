@@ -51,7 +51,12 @@ def pose_from_flow(R: Tensor, t: Tensor, depth: Tensor, mask: Tensor, K: Tensor,
     (N, h/s, w/s) at or above ``min_confidence``. depth, mask and K are the zoomed pair's rendering at the
     pose. Returns R_new, t_new and whether each row had ``min_cells`` such cells and a finite solution in front
     of the camera (where not, the pose is returned unchanged)."""
-    uv, xyz, covered = cell_points(depth, mask, K, stride=depth.shape[-1] // flow.shape[-1])
+    stride = depth.shape[-1] // flow.shape[-1]
+    if flow.shape[-2:] != (depth.shape[-2] // max(stride, 1), depth.shape[-1] // max(stride, 1)) or stride < 1 \
+            or depth.shape[-1] % stride or depth.shape[-2] % stride:
+        raise ValueError(f"pose_from_flow: a flow grid of {tuple(flow.shape[-2:])} cells is not a whole-stride grid "
+                         f"of the {tuple(depth.shape[-2:])} crop")
+    uv, xyz, covered = cell_points(depth, mask, K, stride=stride)
     weights = (confidence * (covered & (confidence >= min_confidence))).flatten(1)
     target = uv + flow.permute(0, 2, 3, 1)
     ok = (weights > 0).sum(1) >= min_cells
