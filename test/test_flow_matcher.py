@@ -283,11 +283,14 @@ def test_deepim_uses_the_flow_pose_where_enough_cells_match():
         DeepimNet(DeepimConfig(**{**base, "flow_matcher": False}, pose_from_flow=True))
     with pytest.raises(ValueError, match="flow_depth"):
         DeepimNet(DeepimConfig(**base, flow_depth="matcher"))
+    with pytest.raises(ValueError, match="flow_depth_weight"):
+        DeepimNet(DeepimConfig(**base, flow_depth="blend", flow_depth_weight=1.5))
 
 
 def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
     """deepim_step with pose_from_flow: given the true matches, the step lands on the true pose; with
-    flow_depth 'network' it keeps the solved rotation and image centre at the network's own depth."""
+    flow_depth 'network' it keeps the solved rotation and image centre at the network's own depth, with
+    'blend' at the weighted geometric mean of the two depths."""
     from ros2_pose6d.estimation.deepim_refiner import deepim_step
 
     objects = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml").objects[:1]
@@ -305,8 +308,8 @@ def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
     z = zoom_in(renderer, idx, R_src, t_src, K, image, points, None, (128, 160), 1.4)
     tgt = renderer.render(idx, R_gt, t_gt, z.K, RasterSettings(128, 160), shade=False)
     target, ok = cell_flow(*flow_between(z.depth, z.mask, R_src, t_src, R_gt, t_gt, z.K, tgt.depth))
-    for flow_depth in ("flow", "network"):
-        net = DeepimNet(DeepimConfig(**cfg, flow_depth=flow_depth)).eval()
+    for flow_depth in ("flow", "network", "blend"):
+        net = DeepimNet(DeepimConfig(**cfg, flow_depth=flow_depth, flow_depth_weight=0.25)).eval()
         forward = net.forward
 
         def oracle(*args, forward=forward):
@@ -321,5 +324,11 @@ def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
         assert float((centre - centre_gt).norm()) < 0.002
         if flow_depth == "flow":
             assert float((t - t_gt).norm()) < 0.004
-        else:  # the untrained network's vz is ~0: the depth stays where it started
-            torch.testing.assert_close(t[0, 2], t_src[0, 2] / torch.exp(out["v"][0, 2]), atol=1e-4, rtol=0)
+            continue
+        z_net = t_src[0, 2] / torch.exp(out["v"][0, 2])  # the untrained network's vz is ~0: about where it started
+        if flow_depth == "network":
+            torch.testing.assert_close(t[0, 2], z_net, atol=1e-4, rtol=0)
+        else:  # a quarter of the way from the network's depth to the solved (true) one, in log depth
+            expected = torch.exp(0.25 * torch.log(t_gt[0, 2]) + 0.75 * torch.log(z_net))
+            torch.testing.assert_close(t[0, 2], expected, atol=1e-3, rtol=0)
+            assert float((t[0, 2] - z_net).abs()) > 0.005  # the blend moved it

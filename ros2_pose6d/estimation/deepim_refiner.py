@@ -49,8 +49,10 @@ def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Ten
         with torch.no_grad():
             R_flow, t_flow, ok = pose_from_flow(R, t, z.depth, z.mask, z.K, out["match_flow"],
                                                 out["match_confidence"], cfg.flow_min_confidence)
-        if cfg.flow_depth == "network":  # the solved pose's centre on the image, at the network's depth
-            t_flow = t_flow / t_flow[:, 2:] * t_new[:, 2:]
+        if cfg.flow_depth != "flow":  # the solved pose's centre on the image, at the network's (or a blended) depth
+            w = cfg.flow_depth_weight if cfg.flow_depth == "blend" else 0.0
+            depth = torch.exp(w * t_flow[:, 2:].log() + (1 - w) * t_new[:, 2:].log())
+            t_flow = t_flow / t_flow[:, 2:] * depth
         R_new = torch.where(ok[:, None, None], R_flow, R_new)
         t_new = torch.where(ok[:, None], t_flow, t_new)
     return R_new, t_new, out, z

@@ -65,8 +65,11 @@ class DeepimConfig:
     pose_from_flow: bool = False
     flow_min_confidence: float = 0.5
     # "flow": the solved pose as it is; "network": its rotation and its centre on the image, at the depth of
-    # the network's own update (the FC head, blended with the depth matcher's when it is on)
+    # the network's own update (the FC head, blended with the depth matcher's when it is on); "blend": at the
+    # geometric mean of the two depths, the solved one weighted flow_depth_weight. The two err differently:
+    # the matches read the outline of a visible object better, the depth matcher degrades less with occlusion
     flow_depth: str = "flow"
+    flow_depth_weight: float = 0.5
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -134,8 +137,10 @@ class DeepimNet(nn.Module):
                                               cfg.matcher_shift, cfg.matcher_blocks, cfg.matcher_renormalise)
         if cfg.pose_from_flow and not cfg.flow_matcher:
             raise ValueError("model.pose_from_flow needs model.flow_matcher: true")
-        if cfg.flow_depth not in ("flow", "network"):
-            raise ValueError(f"model.flow_depth: {cfg.flow_depth!r} is not one of 'flow', 'network'")
+        if cfg.flow_depth not in ("flow", "network", "blend"):
+            raise ValueError(f"model.flow_depth: {cfg.flow_depth!r} is not one of 'flow', 'network', 'blend'")
+        if not 0.0 <= cfg.flow_depth_weight <= 1.0:
+            raise ValueError(f"model.flow_depth_weight: {cfg.flow_depth_weight} is not in [0, 1]")
         if cfg.flow_matcher:
             self.flow_matcher = FlowMatcher(cfg.flow_matcher_channels, cfg.flow_matcher_radius,
                                             cfg.flow_matcher_blocks, cfg.flow_matcher_refine)
