@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -439,6 +440,41 @@ def test_refiner_keeps_the_last_good_pose_when_the_network_diverges(registry):
     (out,) = ref.refine(Frame(np.zeros((240, 320, 3), np.uint8), K.numpy()), [start])
     np.testing.assert_allclose(out.t, start.t, atol=1e-6)
     assert out.iterations == 0 and any("diverged" in n for n in out.notes)
+
+
+def test_refiner_stops_an_object_once_its_updates_are_below_the_thresholds(registry, monkeypatch):
+    """stop_rotation_deg / stop_translation: a network that leaves the pose where it is stops after one
+    iteration; one that keeps moving the depth runs them all; with both thresholds at 0 every iteration runs;
+    in one batch a still object stops while a moving one goes on."""
+    frame = Frame(np.zeros((240, 320, 3), np.uint8), K.numpy())
+    starts = [PoseEstimate(1, np.eye(3), np.array([0.0, 0.0, 0.6])),
+              PoseEstimate(2, np.eye(3), np.array([0.02, 0.0, 0.7]))]
+    for depth_step, stop, expected in ((0.0, 0.2, 1), (0.05, 0.2, 4), (0.0, 0.0, 4)):
+        net = DeepimNet(replace(TINY, stop_rotation_deg=stop, stop_translation=stop / 100))
+        with torch.no_grad():
+            for layer in (net.rot, net.trans):
+                layer.weight.zero_()
+            net.trans.bias[2] = depth_step  # vz: the depth shrinks by exp(-vz) per iteration
+        out = DeepimRefiner(net, registry).refine(frame, starts, iterations=4)
+        assert [e.iterations for e in out] == [expected, expected], (depth_step, stop)
+        if depth_step and stop:
+            net_moving = net
+        for e, s in zip(out, starts):
+            np.testing.assert_allclose(e.t[2], s.t[2] * np.exp(-depth_step * expected), rtol=1e-4)
+    # mixed: the first object is held still, so it stops, and the second goes on alone
+    import ros2_pose6d.estimation.deepim_refiner as deepim_refiner
+
+    def hold_first(net, renderer, mesh_idx, R, t, *args, **kwargs):
+        R_new, t_new, out, z = step(net, renderer, mesh_idx, R, t, *args, **kwargs)
+        held = mesh_idx == registry.index(1)
+        return torch.where(held[:, None, None], R, R_new), torch.where(held[:, None], t, t_new), out, z
+
+    step = deepim_refiner.deepim_step
+    monkeypatch.setattr(deepim_refiner, "deepim_step", hold_first)
+    out = DeepimRefiner(net_moving, registry).refine(frame, starts, iterations=4)
+    assert [e.iterations for e in out] == [1, 4]
+    np.testing.assert_allclose(out[0].t, starts[0].t, atol=1e-6)
+    np.testing.assert_allclose(out[1].t[2], starts[1].t[2] * np.exp(-0.05 * 4), rtol=1e-4)
 
 
 @needs_lmo

@@ -18,6 +18,7 @@ from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import projected_boxes, zoom_in
 from ros2_pose6d.geometry.deepim_update import apply_update
+from ros2_pose6d.geometry.rotations import geodesic_angle
 from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.checkpoint import load_weights, read_model_config
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
@@ -83,25 +84,41 @@ class DeepimRefiner:
                        est_boxes: Tensor | None, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
         """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3).
         Returns refined R, t, fit error (N,) (mean |observed - rendered| over the rendered mask), the
-        iterations actually kept (N,) and a reason per instance ('' when all went well)."""
+        iterations actually kept (N,) and a reason per instance ('' when all went well). Each iteration runs
+        on the objects still moving (the network's stop_rotation_deg / stop_translation)."""
         N = len(mesh_idx)
+        cfg = self.net.cfg
         reasons = [""] * N
         done = torch.zeros(N, dtype=torch.long, device=self.device)
+        active = torch.ones(N, dtype=torch.bool, device=self.device)  # neither converged nor failed
         z0 = t[:, 2].clone()
+        R, t = R.clone(), t.clone()
         for _ in range(iterations):
-            R_new, t_new, _, z = deepim_step(self.net, self.renderer, mesh_idx, R, t, K, images,
-                                             self.points[mesh_idx], est_boxes)
+            a = torch.nonzero(active)[:, 0]
+            if len(a) == 0:
+                break
+            imgs = images if len(a) == N else images[a]  # (the frame expanded over N: no copy while all move)
+            R_new, t_new, _, z = deepim_step(self.net, self.renderer, mesh_idx[a], R[a], t[a], K[a], imgs,
+                                             self.points[mesh_idx[a]], None if est_boxes is None else est_boxes[a])
             empty = z.mask.flatten(1).sum(1) == 0
             finite = torch.isfinite(R_new).flatten(1).all(1) & torch.isfinite(t_new).all(1)
-            sane = finite & (t_new[:, 2] > 0.5 * z0) & (t_new[:, 2] < 2.0 * z0) & (t_new[:, 2] > 0.02)
+            za = z0[a]
+            sane = finite & (t_new[:, 2] > 0.5 * za) & (t_new[:, 2] < 2.0 * za) & (t_new[:, 2] > 0.02)
             ok = sane & ~empty
-            for i in torch.nonzero(~ok)[:, 0].tolist():
+            for k in torch.nonzero(~ok)[:, 0].tolist():
+                i = int(a[k])
                 if not reasons[i]:
-                    reasons[i] = ("nothing rendered in the zoomed crop" if bool(empty[i])
+                    reasons[i] = ("nothing rendered in the zoomed crop" if bool(empty[k])
                                   else "iteration diverged (non-finite or absurd depth); kept the last good pose")
-            R = torch.where(ok[:, None, None], R_new, R)
-            t = torch.where(ok[:, None], t_new, t)
-            done = done + ok.long()
+            still = ok  # a failed step would fail again from the same pose: that object stops too
+            if cfg.stop_rotation_deg > 0 or cfg.stop_translation > 0:
+                turned = torch.rad2deg(geodesic_angle(torch.where(ok[:, None, None], R_new, R[a]), R[a]))
+                moved = (torch.where(ok[:, None], t_new, t[a]) - t[a]).norm(dim=1) / t[a, 2]
+                still = ok & ((turned >= cfg.stop_rotation_deg) | (moved >= cfg.stop_translation))
+            R[a] = torch.where(ok[:, None, None], R_new, R[a])
+            t[a] = torch.where(ok[:, None], t_new, t[a])
+            done[a] = done[a] + ok.long()
+            active[a] = still
         z = zoom_in(self.renderer, mesh_idx, R, t, K, images, self.points[mesh_idx], est_boxes,
                     self.net.cfg.input_size, self.net.cfg.zoom_scale)
         diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask

@@ -34,6 +34,11 @@ class DeepimConfig:
     mask_head: bool = True
     zoom_scale: float = 1.4
     iterations: int = 4
+    # an object stops iterating once an update turns it by less than stop_rotation_deg and moves it by less
+    # than stop_translation of its depth (0: always all iterations). Starts far off (a detector's) need more
+    # iterations than near ones; converged objects stop costing time
+    stop_rotation_deg: float = 0.0
+    stop_translation: float = 0.0
     # "none": FlowNetS as published; "group": GroupNorm after every encoder conv (the idea of FlowNetS-BN
     # with batch-size-independent statistics; its flow and mask heads start learning sooner from scratch)
     norm: str = "none"
@@ -130,6 +135,8 @@ class DeepimNet(nn.Module):
             self.up3 = nn.ConvTranspose2d(ch(256) + c["conv4_1"], ch(128), 4, 2, 1)
             self.up2 = nn.ConvTranspose2d(ch(128) + c["conv3_1"], ch(64), 4, 2, 1)
             self.predict = nn.Conv2d(ch(64) + c["conv2"], 3, 3, 1, 1)  # flow (2) + mask logit (1) at stride 4
+        if cfg.stop_rotation_deg < 0 or cfg.stop_translation < 0:
+            raise ValueError("model.stop_rotation_deg and model.stop_translation must be >= 0")
         if not 0.0 <= cfg.matcher_weight <= 1.0:
             raise ValueError(f"model.matcher_weight: {cfg.matcher_weight} is not in [0, 1]")
         if cfg.depth_matcher:
