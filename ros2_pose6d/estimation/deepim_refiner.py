@@ -85,7 +85,8 @@ class DeepimRefiner:
         """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3).
         Returns refined R, t, fit error (N,) (mean |observed - rendered| over the rendered mask), the
         iterations actually kept (N,) and a reason per instance ('' when all went well). Each iteration runs
-        on the objects still moving (the network's stop_rotation_deg / stop_translation)."""
+        on the objects still moving (the network's stop_rotation_deg / stop_translation); an object whose
+        step failed stops there (the step would fail again from the same pose)."""
         N = len(mesh_idx)
         cfg = self.net.cfg
         reasons = [""] * N
@@ -111,16 +112,16 @@ class DeepimRefiner:
                     reasons[i] = ("nothing rendered in the zoomed crop" if bool(empty[k])
                                   else "iteration diverged (non-finite or absurd depth); kept the last good pose")
             still = ok  # a failed step would fail again from the same pose: that object stops too
-            if cfg.stop_rotation_deg > 0 or cfg.stop_translation > 0:
-                turned = torch.rad2deg(geodesic_angle(torch.where(ok[:, None, None], R_new, R[a]), R[a]))
-                moved = (torch.where(ok[:, None], t_new, t[a]) - t[a]).norm(dim=1) / t[a, 2]
+            if cfg.stop_rotation_deg > 0 or cfg.stop_translation > 0:  # (NaN where not ok: no matter)
+                turned = torch.rad2deg(geodesic_angle(R_new, R[a]))
+                moved = (t_new - t[a]).norm(dim=1) / t[a, 2]
                 still = ok & ((turned >= cfg.stop_rotation_deg) | (moved >= cfg.stop_translation))
             R[a] = torch.where(ok[:, None, None], R_new, R[a])
             t[a] = torch.where(ok[:, None], t_new, t[a])
             done[a] = done[a] + ok.long()
             active[a] = still
         z = zoom_in(self.renderer, mesh_idx, R, t, K, images, self.points[mesh_idx], est_boxes,
-                    self.net.cfg.input_size, self.net.cfg.zoom_scale)
+                    cfg.input_size, cfg.zoom_scale)
         diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask
         fit = diff.flatten(1).sum(1) / z.mask.flatten(1).sum(1).clamp_min(1)
         return R, t, fit, done, reasons
