@@ -477,6 +477,40 @@ def test_refiner_stops_an_object_once_its_updates_are_below_the_thresholds(regis
     np.testing.assert_allclose(out[1].t[2], starts[1].t[2] * np.exp(-0.05 * 4), rtol=1e-4)
 
 
+def test_refiner_reports_the_occlusion_heads_visibility_and_hidden_pixels(registry, renderer):
+    """With the flow matcher's occlusion head the refined estimate's visibility is the share of the rendered
+    silhouette's cells the head calls seen, and its occlusion map the silhouette's hidden pixels in the image:
+    a head that sees every cell gives 1 and an empty map, one that sees none gives 0 and the whole silhouette;
+    without the head the estimate keeps its visibility and has no map."""
+    t = np.array([0.0, 0.0, 0.6])
+    image = renderer.render(torch.tensor([0]), torch.eye(3)[None], torch.tensor(t, dtype=torch.float32)[None],
+                            K[None], RasterSettings(240, 320))
+    silhouette = image.mask[0].numpy() > 0
+    frame = Frame((image.color[0].clamp(0, 1).numpy() * 255).astype(np.uint8), K.numpy())
+    start = PoseEstimate(registry.objects[0].obj_id, np.eye(3), t, visibility=0.37)
+    cfg = replace(TINY, flow_matcher=True, flow_matcher_channels=8, flow_matcher_radius=2, flow_matcher_blocks=0,
+                  flow_matcher_refine=1, iterations=1)
+    (plain,) = DeepimRefiner(DeepimNet(cfg), registry).refine(frame, [start])
+    assert plain.visibility == 0.37 and plain.occlusion is None
+    for bias, share in ((10.0, 1.0), (-10.0, 0.0)):
+        net = DeepimNet(replace(cfg, flow_matcher_occlusion=True))
+        with torch.no_grad():
+            net.flow_matcher.occlusion[-1].bias.fill_(bias)
+            for layer in (net.rot, net.trans):  # the pose stays where it is
+                layer.weight.zero_()
+                layer.bias.zero_()
+            net.rot.bias[3] = 1.0
+        (out,) = DeepimRefiner(net, registry).refine(frame, [start])
+        np.testing.assert_allclose(out.t, t, atol=1e-5)
+        assert out.visibility == share and out.occlusion.shape == silhouette.shape
+        hidden = out.occlusion
+        if share == 1.0:
+            assert not hidden.any()
+        else:  # the rendered silhouette, up to the crop's resampling at its outline
+            overlap = (hidden & silhouette).sum() / (hidden | silhouette).sum()
+            assert overlap > 0.9, overlap
+
+
 @needs_lmo
 def test_shipped_lmo_weights_lift_perturbed_poses_on_the_real_frames(tmp_path):
     """The LM-O report's DeepIM claim, reproduced by evaluate on the 50 real frames: from DeepIM-perturbed ground
@@ -501,3 +535,35 @@ def test_depth_error_ratio_leaves_out_starts_at_the_true_depth():
     t_pred = t_gt + torch.tensor([[0.1, 0.0, 0.01], [0.0, 0.0, 0.01], [0.0, 0.0, 0.03]])
     assert depth_error_ratio(t_pred, t_src, t_gt) == pytest.approx(0.25, rel=1e-5)  # lower median of 0.5 and 0.25
     assert math.isnan(depth_error_ratio(t_pred, t_gt + 1e-4, t_gt))
+
+
+def test_shipped_demo_deepim_sees_how_much_of_each_object_is_visible(tmp_path):
+    """The shipped demo DeepIM's occlusion head, on fresh demo-like renders refined from DeepIM-perturbed truth:
+    the visibility it reports is within 0.15 of the true visible fraction on average (0.063 over val_s3's first
+    100 frames when shipped), and closer than calling every object fully visible."""
+    from ros2_pose6d.training.synth import SynthConfig, generate_dataset
+
+    from ros2_pose6d.io.bop import read_bop_split
+    from ros2_pose6d.resources import default_objects_yaml, weights_dir
+
+    registry = ObjectRegistry.from_yaml(default_objects_yaml())
+    split = generate_dataset(registry, tmp_path / "split", 4, SynthConfig(height=240, width=320, focal=(280.0, 300.0)),
+                             seed=11, progress=False)
+    refiner = DeepimRefiner.from_weights(weights_dir() / "deepim_demo.safetensors", registry)
+    assert refiner.net.cfg.flow_matcher_occlusion
+    gen = torch.Generator().manual_seed(0)
+    said, true = [], []
+    for scene in read_bop_split(split, load_depth=False):
+        for bf in scene:
+            gts = [g for g in bf.gt if g.obj_id in registry.ids and g.visib_fract > 0]
+            R, t = perturb_poses(torch.tensor(np.stack([g.R for g in gts])), torch.tensor(np.stack([g.t for g in gts])),
+                                 gen, 15.0, (0.01, 0.01, 0.05))
+            starts = [PoseEstimate(g.obj_id, R[k].numpy(), t[k].numpy(), visibility=1.0) for k, g in enumerate(gts)]
+            for g, e in zip(gts, refiner.refine(Frame(bf.rgb, bf.K), starts)):
+                assert e.stage == "refined" and e.occlusion is not None
+                said.append(e.visibility)
+                true.append(g.visib_fract)
+    said, true = np.array(said), np.array(true)
+    assert len(said) >= 8 and (true < 0.9).sum() >= 2, true
+    mae = float(np.abs(said - true).mean())
+    assert mae < 0.15 and mae < float(np.abs(1.0 - true).mean()), (said, true)

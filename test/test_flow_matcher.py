@@ -17,7 +17,14 @@ from ros2_pose6d.estimation.zoom import flow_between, zoom_in
 from ros2_pose6d.geometry.pnp import gauss_newton_pnp
 from ros2_pose6d.geometry.rotations import geodesic_angle, rotation_about_axis
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
-from ros2_pose6d.nets.flow_matcher import FlowMatcher, local_correlation, peak_readout, window_correlation
+from ros2_pose6d.nets.flow_matcher import (
+    FlowMatcher,
+    local_correlation,
+    peak_readout,
+    symmetric_flow,
+    warp_to_match,
+    window_correlation,
+)
 from ros2_pose6d.objects.registry import ObjectRegistry
 from ros2_pose6d.render.rasterize import RasterSettings
 from ros2_pose6d.render.renderer import MeshRenderer
@@ -99,6 +106,50 @@ def test_an_untrained_matcher_finds_a_whole_cell_shift_of_a_texture():
     torch.testing.assert_close(inner[0], torch.full_like(inner[0], -8.0), atol=1e-3, rtol=0)
     torch.testing.assert_close(inner[1], torch.full_like(inner[1], 4.0), atol=1e-3, rtol=0)
     assert float(out["confidence"][0, 5:-5, 5:-5].min()) > 0.99
+
+
+def test_symmetric_flow_cancels_a_shared_inward_bias_and_flags_disagreeing_cells():
+    """Forward and backward matches both pulled 1 % toward the crop centre: the forward flow says the object
+    shrank by 1 %, their symmetric flow by 0.005 % (the bias squared over two), and the two disagree by twice the
+    bias. A constant shift read back exactly
+    is kept as it is with no disagreement; a backward flow that says otherwise is flagged by how much, and a match
+    that lands outside the crop is flagged infinitely."""
+    stride, h, w = 4, 12, 16
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    p = torch.stack([(xs + 0.5) * stride - 0.5, (ys + 0.5) * stride - 0.5])[None]  # cell pixels (1, 2, h, w)
+    centre = torch.tensor([w * stride / 2 - 0.5, h * stride / 2 - 0.5], dtype=torch.float64)[None, :, None, None]
+    inward = -0.01 * (p - centre)
+    flow, disagreement = symmetric_flow(inward, inward, stride)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    torch.testing.assert_close(flow[inner], -0.5 * 0.01 ** 2 * (p - centre)[inner], atol=1e-9, rtol=1e-6)
+    expected = (2 * 0.01 - 0.01 ** 2) * (p - centre).norm(dim=1)  # |forward + backward there|: the bias, twice
+    torch.testing.assert_close(disagreement[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-9, rtol=1e-6)
+    shift = torch.zeros(1, 2, h, w, dtype=torch.float64)
+    shift[:, 0] = 8.0
+    flow, disagreement = symmetric_flow(shift, -shift, stride)
+    torch.testing.assert_close(flow, shift)
+    assert float(disagreement[..., :-2].max()) == 0.0 and torch.isinf(disagreement[..., -2:]).all()
+    back = -shift.clone()
+    back[:, 0, 5, 6] = 0.0  # the observed cell that rendered cell (5, 4) lands on reads back no motion
+    flow, disagreement = symmetric_flow(shift, back, stride)
+    assert float(disagreement[0, 5, 4]) == 8.0 and float(flow[0, 0, 5, 4]) == 4.0
+
+
+def test_a_symmetric_matcher_keeps_an_exact_shift_and_reads_backward_only_in_eval_mode():
+    torch.manual_seed(0)
+    matcher = FlowMatcher(channels=16, radius=3, blocks=1, symmetric_px=1.0)
+    with torch.no_grad():
+        matcher.log_inv_temp.fill_(8.0)
+    rendered = F.interpolate(torch.rand(1, 3, 16, 20), size=(64, 80), mode="bilinear", align_corners=False)
+    observed = torch.roll(rendered, shifts=(4, -8), dims=(2, 3))
+    with torch.no_grad():
+        out = matcher.eval()(observed, rendered)
+        trained = matcher.train()(observed, rendered)
+    inner = out["flow"][0, :, 5:-5, 5:-5]
+    torch.testing.assert_close(inner[0], torch.full_like(inner[0], -8.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(inner[1], torch.full_like(inner[1], 4.0), atol=1e-3, rtol=0)
+    assert float(out["confidence"][0, 5:-5, 5:-5].min()) > 0.99
+    assert "forward_flow" in out and "forward_flow" not in trained
 
 
 def _shifted_pairs(n: int, gen: torch.Generator, size=(48, 64)):
@@ -185,6 +236,100 @@ def test_the_stride_2_level_refines_what_the_matcher_learned():
     assert fine_err < 0.7 and fine_err < 0.6 * coarse_err, (coarse_err, fine_err)
 
 
+def test_warp_to_match_reads_the_observed_cell_where_a_whole_cell_flow_lands():
+    torch.manual_seed(0)
+    B, C, h, w, stride = 2, 3, 4, 5, 4
+    obs = torch.randn(B, C, h, w)
+    cells = torch.randint(-2, 3, (B, 2, h, w))
+    got = warp_to_match(obs, cells.float() * stride, stride)
+    for b in range(B):
+        for y in range(h):
+            for x in range(w):
+                yy, xx = y + int(cells[b, 1, y, x]), x + int(cells[b, 0, y, x])
+                inside = 0 <= yy < h and 0 <= xx < w
+                expected = obs[b, :, yy, xx] if inside else torch.zeros(C)
+                torch.testing.assert_close(got[b, :, y, x], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("refine", [0, 2])
+def test_an_added_occlusion_head_starts_by_seeing_every_cell(refine):
+    """Added to trained matcher weights, the occlusion head leaves the flow and the confidence as they were and
+    calls every cell seen with the same probability sigmoid(4) = 0.982, so the pose's cells keep their relative
+    weights until the head has learned."""
+    torch.manual_seed(0)
+    plain = FlowMatcher(channels=8, radius=2, blocks=1, refine_radius=refine)
+    with_head = FlowMatcher(channels=8, radius=2, blocks=1, refine_radius=refine, occlusion=True)
+    missing = with_head.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("occlusion.") for k in missing)
+    observed, rendered = torch.rand(2, 3, 32, 48), torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        a, b = plain(observed, rendered), with_head(observed, rendered)
+    torch.testing.assert_close(b["flow"], a["flow"])
+    torch.testing.assert_close(b["confidence"], a["confidence"])
+    torch.testing.assert_close(b["seen_logits"], torch.full_like(a["confidence"], 4.0))
+
+
+def _occluded_pairs(n: int, gen: torch.Generator):
+    """_shifted_pairs with a rectangle of each observed crop painted over by another texture (an occluder), and
+    which stride-4 cells of the rendered crop are still seen: their flow lands inside the crop, off the rectangle."""
+    observed, rendered, flow, valid = _shifted_pairs(n, gen)
+    h, w = observed.shape[-2:]
+    cover = F.interpolate(torch.rand(n, 3, 6, 8, generator=gen), size=(h, w), mode="bilinear", align_corners=False)
+    x0 = torch.randint(0, w // 2, (n,), generator=gen)
+    y0 = torch.randint(0, h // 2, (n,), generator=gen)
+    ys, xs = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    rect = (xs >= x0[:, None, None]) & (xs < x0[:, None, None] + w // 2) & (ys >= y0[:, None, None]) & \
+        (ys < y0[:, None, None] + h // 2)
+    observed = torch.where(rect[:, None], cover, observed)
+    target, ok = cell_flow(flow, valid)
+    cy, cx = torch.meshgrid(torch.arange(h // 4) * 4 + 1.5, torch.arange(w // 4) * 4 + 1.5, indexing="ij")
+    lx, ly = (cx + target[:, 0]).round().long(), (cy + target[:, 1]).round().long()
+    inside = (lx >= 0) & (lx < w) & (ly >= 0) & (ly < h)
+    hidden = rect[torch.arange(n)[:, None, None], ly.clamp(0, h - 1), lx.clamp(0, w - 1)]
+    return observed, rendered, target, ok & inside & ~hidden
+
+
+def test_the_occlusion_head_learns_which_cells_an_occluder_hides():
+    """Trained on textures a quarter of which another texture paints over (150 steps, the matcher's cross-entropy
+    on the seen cells and the head's own), the head tells seen cells from hidden ones on new pairs with an
+    accuracy of over 0.8 (0.86 when written; cells astride the occluder's edge are ambiguous) where calling every
+    cell seen scores 0.66, and the hidden cells' median weight in the pose (the peak's mass times the probability
+    of being seen) falls under a fifth of the seen ones' (0.12)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    matcher = FlowMatcher(channels=16, radius=3, blocks=1, occlusion=True)
+    train = _occluded_pairs(200, gen)
+    test = _occluded_pairs(16, torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(matcher.parameters(), lr=3e-3)
+    every = torch.ones(8, 12, 16, dtype=torch.bool)
+    for _ in range(150):
+        i = torch.randint(0, 200, (8,), generator=gen)
+        out = matcher(train[0][i], train[1][i])
+        loss = matcher.match_loss(out["logits"], train[2][i], train[3][i]) + \
+            matcher.occlusion_loss(out["seen_logits"], train[3][i], every)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = matcher(test[0], test[1])
+    seen = test[3][:, 1:-1, 1:-1]  # (cells at the border see the crop's zero padding)
+    said = (out["seen_logits"] > 0)[:, 1:-1, 1:-1]
+    accuracy = float((said == seen).float().mean())
+    assert 0.6 < float(seen.float().mean()) < 0.7
+    assert accuracy > 0.8, accuracy
+    conf = (out["confidence"] * out["seen_logits"].sigmoid())[:, 1:-1, 1:-1]
+    assert float(conf[~seen].median()) < 0.2 * float(conf[seen].median())
+
+
+def test_occlusion_loss_is_the_mean_cross_entropy_over_the_candidate_cells():
+    logits = torch.tensor([[[2.0, -1.0, 0.5]]])
+    seen = torch.tensor([[[True, False, False]]])
+    candidates = torch.tensor([[[True, True, False]]])
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0))) / 2
+    assert float(FlowMatcher.occlusion_loss(logits, seen, candidates)) == pytest.approx(expected, rel=1e-6)
+    assert float(FlowMatcher.occlusion_loss(logits, seen, torch.zeros_like(candidates))) == 0.0
+
+
 def test_match_loss_is_smallest_for_logits_peaked_at_the_true_flow_and_ignores_invalid_cells():
     matcher = FlowMatcher(radius=1)
     flow = torch.tensor([[[[2.0]], [[-4.0]]]])  # (1, 2, 1, 1): half a cell right, one cell up
@@ -241,7 +386,7 @@ def test_gauss_newton_pnp_recovers_a_known_update_and_shrugs_off_outliers():
 def test_pose_from_the_true_flow_recovers_a_rendered_object(stride):
     """Render a demo object at a perturbed pose, zoom in, take the true flow to the true pose on the stride-4
     (or the fine level's stride-2) cells, as the matcher's training target: pose_from_flow lands on the true
-    pose."""
+    pose, also when a third of the cells are matched far off but weighted near zero."""
     objects = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml").objects[:2]
     renderer = MeshRenderer([o.mesh for o in objects], "cpu")
     R_gt = rotation_about_axis(torch.tensor([[0.3, 1.0, 0.2], [1.0, -0.2, 0.4]]), torch.tensor([0.5, 2.0]))
@@ -262,6 +407,14 @@ def test_pose_from_the_true_flow_recovers_a_rendered_object(stride):
     assert solved.all()
     assert float(geodesic_angle(R, R_gt).max()) < math.radians(1.0)  # from 11 and 9 deg
     assert float((t - t_gt).norm(dim=1).max()) < 0.004  # from 42 and 51 mm
+    # cells whose matches are thrown 12 px off (an occluder's, say) but weighted near zero hardly move the pose
+    wrong = torch.zeros_like(confidence, dtype=torch.bool)
+    wrong[..., : wrong.shape[-1] // 3] = True
+    thrown = target + 12.0 * wrong[:, None]
+    R_w, t_w, solved = pose_from_flow(R_src, t_src, z.depth, z.mask, z.K, thrown, confidence,
+                                      weights=confidence * torch.where(wrong, 1e-4, 1.0))
+    assert solved.all() and float(geodesic_angle(R_w, R_gt).max()) < math.radians(1.0)
+    assert float((t_w - t_gt).norm(dim=1).max()) < 0.004
     with pytest.raises(ValueError, match="not a whole-stride grid"):  # a flow grid that does not tile the crop
         pose_from_flow(R_src, t_src, z.depth, z.mask, z.K, target[..., :-1], confidence[..., :-1])
 
@@ -290,7 +443,8 @@ def test_deepim_uses_the_flow_pose_where_enough_cells_match():
 def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
     """deepim_step with pose_from_flow: given the true matches, the step lands on the true pose; with
     flow_depth 'network' it keeps the solved rotation and image centre at the network's own depth, with
-    'blend' at the weighted geometric mean of the two depths."""
+    'blend' at the weighted geometric mean of the two depths, weighted by how much the occlusion head sees with
+    flow_depth_weight_hidden."""
     from ros2_pose6d.estimation.deepim_refiner import deepim_step
 
     objects = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml").objects[:1]
@@ -332,3 +486,28 @@ def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
             expected = torch.exp(0.25 * torch.log(t_gt[0, 2]) + 0.75 * torch.log(z_net))
             torch.testing.assert_close(t[0, 2], expected, atol=1e-3, rtol=0)
             assert float((t[0, 2] - z_net).abs()) > 0.005  # the blend moved it
+    # flow_depth_weight_hidden: an object the occlusion head sees all of keeps flow_depth_weight; one it sees none
+    # of takes the solved depth at the hidden weight (here 1: the solved, true, depth)
+    for bias, expect_true_depth in ((10.0, False), (-10.0, True)):
+        net = DeepimNet(DeepimConfig(**cfg, flow_depth="blend", flow_depth_weight=0.0, flow_depth_weight_hidden=1.0,
+                                     flow_matcher_occlusion=True)).eval()
+        with torch.no_grad():
+            net.flow_matcher.occlusion[-1].bias.fill_(bias)
+        forward = net.forward
+
+        def oracle(*args, forward=forward):
+            out = forward(*args)
+            return {**out, "match_flow": target, "match_confidence": ok.float()}
+
+        monkeypatch.setattr(net, "forward", oracle)
+        with torch.no_grad():
+            R, t, out, _ = deepim_step(net, renderer, idx, R_src, t_src, K, image, points, None)
+        z_net = t_src[0, 2] / torch.exp(out["v"][0, 2])
+        expected = t_gt[0, 2] if expect_true_depth else z_net
+        torch.testing.assert_close(t[0, 2], expected, atol=2e-3, rtol=0)
+    with pytest.raises(ValueError, match="flow_depth_weight_hidden needs"):
+        DeepimNet(DeepimConfig(**cfg, flow_depth="blend", flow_depth_weight_hidden=1.0))
+    with pytest.raises(ValueError, match="flow_depth_weight_hidden: 1.5 is not in"):
+        DeepimNet(DeepimConfig(**cfg, flow_depth="blend", flow_depth_weight_hidden=1.5, flow_matcher_occlusion=True))
+    with pytest.raises(ValueError, match="flow_matcher_occlusion and model.flow_symmetric_px need"):
+        DeepimNet(DeepimConfig(**{**cfg, "flow_matcher": False, "pose_from_flow": False}, flow_matcher_occlusion=True))

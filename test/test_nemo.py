@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from conftest import REPO, needs_lmo, refine_lmo_from_perturbed_truth
 
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, render_compare, visible_vertices
-from ros2_pose6d.estimation.nemo_refiner import NemoRefiner, paste_crop_mask, rotation_prior
+from ros2_pose6d.estimation.nemo_refiner import NemoRefiner, rotation_prior
+from ros2_pose6d.estimation.refine_common import paste_crop_mask
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.geometry.rotations import axis_angle_to_matrix, geodesic_angle, rotation_about_axis
 from ros2_pose6d.nets.backbone import BackboneConfig

@@ -195,17 +195,17 @@ def test_init_from_adds_a_depth_matcher_and_train_only_trains_just_it(split, tmp
         train(tmp_path / "cut", *matcher, f"init_from={tmp_path / 'cut.safetensors'}")
 
 
-@pytest.mark.parametrize("refine", [0, 1])
-def test_deepim_flow_matcher_learns_from_the_visible_masks(registry, split, tmp_path, one_thread, refine):
+@pytest.mark.parametrize("refine, occlusion", [(0, False), (1, True)])
+def test_deepim_flow_matcher_learns_from_the_visible_masks(registry, split, tmp_path, one_thread, refine, occlusion):
     """With model.flow_matcher the instance dataset carries each object's visible mask (as written in
     mask_visib/), the step logs the matcher's loss and end-point error (of both levels with its stride-2
-    level), and its loss falls over a short run with only the matcher training. A split without mask_visib/ is
-    refused with its name."""
+    level; with its occlusion head, that head's cross-entropy and accuracy), and its loss falls over a short run
+    with only the matcher training. A split without mask_visib/ is refused with its name."""
     torch.manual_seed(0)
     cfg = _cfg("deepim", split, tmp_path / "a", steps=30, batch_size=4, warmup_steps=1, log_every=1, lr=3e-3,
                train_only=["flow_matcher."])
     cfg.model.update(flow_matcher=True, flow_matcher_channels=8, flow_matcher_radius=2, flow_matcher_blocks=0,
-                     flow_matcher_refine=refine)
+                     flow_matcher_refine=refine, flow_matcher_occlusion=occlusion)
     task = build_task(cfg, registry)
     dataset, collate = task.train_dataset()
     si, im_id, k = dataset.items[0]
@@ -228,6 +228,8 @@ def test_deepim_flow_matcher_learns_from_the_visible_masks(registry, split, tmp_
     assert all(np.isfinite(match)) and all("metric/match_epe" in p for p in seen if p["match"] > 0)
     assert all(("metric/match_fine_epe" in p) == bool(refine) for p in seen if p["match"] > 0)
     assert np.mean(match[-8:]) < 0.9 * np.mean(match[:8]), match
+    assert all(("occlusion" in p and "metric/occlusion_accuracy" in p) == occlusion for p in seen)
+    assert all(np.isfinite(p["occlusion"]) for p in seen if occlusion)
     # a split without visible masks cannot train the matcher: refused by name before any step
     bare = tmp_path / "bare"
     shutil.copytree(split, bare)

@@ -63,7 +63,8 @@ def is_cascade(spec: str | list[Stage]) -> bool:
 class CascadeRefiner:
     """Runs ``stages`` ((Stage, refiner) pairs) in order. The result of an estimate carries the last stage's
     fit error, the iterations of all stages together and every stage's notes; its visibility and occlusion
-    map are those of the last stage that estimates them (NeMo; DeepIM passes its input's on)."""
+    map are those of the last stage that estimates them (NeMo, and DeepIM with an occlusion head; a DeepIM
+    without one passes its input's on)."""
 
     def __init__(self, stages: list[tuple[Stage, Refiner]]) -> None:
         if not stages:

@@ -1,22 +1,25 @@
 """DeepIM refinement stage: render at the current pose, zoom in on observed and rendered, predict the
 relative pose, update, repeat; batched over all objects of a frame. Estimates that cannot be refined
-(behind the camera, off the image, nothing rendered, diverging) come back unrefined with the reason."""
+(behind the camera, off the image, nothing rendered, diverging) come back unrefined with the reason. With
+the flow matcher's occlusion head the refined estimates also carry a visibility and an occlusion map."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ros2_pose6d.config import build_config
-from ros2_pose6d.estimation.flow_pose import pose_from_flow
+from ros2_pose6d.estimation.flow_pose import cell_points, pose_from_flow
 from ros2_pose6d.estimation.model_set import ModelSet, build_model_set
-from ros2_pose6d.estimation.refine_common import frame_tensor, screen_estimates
+from ros2_pose6d.estimation.refine_common import frame_tensor, paste_crop_mask, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
-from ros2_pose6d.estimation.zoom import projected_boxes, zoom_in
+from ros2_pose6d.estimation.zoom import ZoomedPair, projected_boxes, zoom_in
 from ros2_pose6d.geometry.deepim_update import apply_update
 from ros2_pose6d.geometry.rotations import geodesic_angle
 from ros2_pose6d.nets.backbone import normalise_images
@@ -47,16 +50,55 @@ def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Ten
     out = net(normalise_images(z.observed), normalise_images(z.rendered), z.mask)
     R_new, t_new = apply_update(R, t, out["R_delta"], out["v"], crop_focal(z.K, cfg.input_size))
     if cfg.pose_from_flow and flow_pose:  # where enough cells match, the update solved from the matcher's flow
-        with torch.no_grad():
+        with torch.no_grad():  # the occlusion head's probabilities weigh the cells (nets/flow_matcher.py)
+            weights = out["match_confidence"] * out["match_seen_logits"].sigmoid() if "match_seen_logits" in out \
+                else None
             R_flow, t_flow, ok = pose_from_flow(R, t, z.depth, z.mask, z.K, out["match_flow"],
-                                                out["match_confidence"], cfg.flow_min_confidence)
+                                                out["match_confidence"], cfg.flow_min_confidence, weights=weights)
         if cfg.flow_depth != "flow":  # the solved pose's centre on the image, at the network's (or a blended) depth
             w = cfg.flow_depth_weight if cfg.flow_depth == "blend" else 0.0
+            if cfg.flow_depth_weight_hidden is not None:  # more of the solved depth for partly hidden objects
+                hidden = 1 - seen_cells(out["match_seen_logits"], z)[0]
+                w = w + (2 * hidden).clamp(0, 1)[:, None] * (cfg.flow_depth_weight_hidden - w)
             depth = torch.exp(w * t_flow[:, 2:].log() + (1 - w) * t_new[:, 2:].log())
             t_flow = t_flow / t_flow[:, 2:] * depth
         R_new = torch.where(ok[:, None, None], R_flow, R_new)
         t_new = torch.where(ok[:, None], t_flow, t_new)
     return R_new, t_new, out, z
+
+
+class DeepimResult(NamedTuple):
+    """refine_tensors' output for N objects: refined R (N, 3, 3), t (N, 3); fit error (N,), the mean |observed -
+    rendered| over the rendered mask; the iterations kept (N,); a reason per object ('' when all went well).
+    With the flow matcher's occlusion head, at the refined pose: visibility (N,), the share of the rendered
+    silhouette's cells seen; occlusion (N, h, w) bool, the silhouette's hidden pixels in the zoomed crop, and
+    windows (N, 4) the crops (x0, y0, x1, y1) in the image; else None."""
+
+    R: Tensor
+    t: Tensor
+    fit: Tensor
+    iterations: Tensor
+    reasons: list[str]
+    visibility: Tensor | None = None
+    occlusion: Tensor | None = None
+    windows: Tensor | None = None
+
+
+def seen_cells(seen_logits: Tensor, z: ZoomedPair) -> tuple[Tensor, Tensor]:
+    """From the occlusion head's logits (N, h, w) on a zoomed pair's cell grid: the share of the rendered
+    silhouette's cells seen (N,) (0 where nothing is rendered) and which cells are seen (N, h, w) bool."""
+    seen = seen_logits > 0
+    covered = cell_points(z.depth, z.mask, z.K, stride=z.depth.shape[-1] // seen.shape[-1])[2]
+    return (seen & covered).flatten(1).sum(1) / covered.flatten(1).sum(1).clamp_min(1), seen
+
+
+def seen_at(net: DeepimNet, z: ZoomedPair) -> tuple[Tensor, Tensor]:
+    """What the flow matcher's occlusion head says of a zoomed pair: the share of the rendered silhouette's cells
+    seen (N,) and the silhouette's hidden pixels (N, h, w) bool."""
+    match = net.flow_matcher(normalise_images(z.observed), normalise_images(z.rendered))
+    share, seen = seen_cells(match["seen_logits"], z)
+    hidden = F.interpolate((~seen)[:, None].float(), size=z.depth.shape[-2:], mode="nearest")[:, 0] > 0.5
+    return share, hidden & (z.mask[:, 0] > 0)
 
 
 class DeepimRefiner:
@@ -81,10 +123,9 @@ class DeepimRefiner:
 
     @torch.no_grad()
     def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
-                       est_boxes: Tensor | None, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
+                       est_boxes: Tensor | None, iterations: int) -> DeepimResult:
         """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3).
-        Returns refined R, t, fit error (N,) (mean |observed - rendered| over the rendered mask), the
-        iterations actually kept (N,) and a reason per instance ('' when all went well). Each iteration runs
+        Each iteration runs
         on the objects still moving (the network's stop_rotation_deg / stop_translation); an object whose
         step failed stops there (the step would fail again from the same pose)."""
         N = len(mesh_idx)
@@ -124,10 +165,14 @@ class DeepimRefiner:
                     cfg.input_size, cfg.zoom_scale)
         diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask
         fit = diff.flatten(1).sum(1) / z.mask.flatten(1).sum(1).clamp_min(1)
-        return R, t, fit, done, reasons
+        if not cfg.flow_matcher_occlusion:
+            return DeepimResult(R, t, fit, done, reasons)
+        visibility, occlusion = seen_at(self.net, z)
+        return DeepimResult(R, t, fit, done, reasons, visibility, occlusion, z.boxes)
 
     def refine(self, frame: Frame, estimates: list[PoseEstimate], iterations: int | None = None) -> list[PoseEstimate]:
-        """Refined copies of ``estimates`` (same order; stage 'refined', iterations and fit_error set).
+        """Refined copies of ``estimates`` (same order; stage 'refined', iterations and fit_error set; with the
+        flow matcher's occlusion head also visibility and the occlusion map, at the refined pose).
         Estimates that cannot be refined come back unchanged with the reason in ``notes``."""
         iterations = self.net.cfg.iterations if iterations is None else iterations
         usable, results = screen_estimates(frame, estimates, self.registry)
@@ -144,10 +189,15 @@ class DeepimRefiner:
         K = torch.tensor(np.asarray(frame.K), dtype=torch.float32, device=self.device).expand(n, 3, 3)
         own = projected_boxes(self.points[idx], R, t, K)
         est = torch.where(has_box[:, None], boxes, own)
-        R2, t2, fit, done, reasons = self.refine_tensors(img.expand(n, -1, -1, -1), K, idx, R, t, est, iterations)
+        out = self.refine_tensors(img.expand(n, -1, -1, -1), K, idx, R, t, est, iterations)
+        hw = frame.image.shape[:2]
         for k, i in enumerate(usable):
             e = estimates[i]
-            notes = list(e.notes) + ([reasons[k]] if reasons[k] else [])
-            results[i] = replace(e, R=R2[k].double().cpu().numpy(), t=t2[k].double().cpu().numpy(), stage="refined",
-                                 iterations=int(done[k]), fit_error=float(fit[k]), notes=notes)
+            notes = list(e.notes) + ([out.reasons[k]] if out.reasons[k] else [])
+            seen = {} if out.visibility is None else {  # the occlusion head's, at the refined pose
+                "visibility": float(out.visibility[k]),
+                "occlusion": paste_crop_mask(out.occlusion[k].cpu().numpy(), out.windows[k].cpu().numpy(), hw)}
+            results[i] = replace(e, R=out.R[k].double().cpu().numpy(), t=out.t[k].double().cpu().numpy(),
+                                 stage="refined", iterations=int(out.iterations[k]), fit_error=float(out.fit[k]),
+                                 notes=notes, **seen)
         return results

@@ -45,19 +45,20 @@ def cell_flow(flow: Tensor, valid: Tensor, stride: int = STRIDE) -> tuple[Tensor
 
 def pose_from_flow(R: Tensor, t: Tensor, depth: Tensor, mask: Tensor, K: Tensor, flow: Tensor, confidence: Tensor,
                    min_confidence: float = 0.5, min_cells: int = 12, iterations: int = 10,
-                   huber_px: float = 2.0) -> tuple[Tensor, Tensor, Tensor]:
+                   huber_px: float = 2.0, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The pose (R (N, 3, 3), t (N, 3)) moved so that its rendered cells land where the matcher's flow
-    (N, 2, h/s, w/s) [crop px] puts them (s = 4 or 2, read from the shapes), each weighted by its confidence
-    (N, h/s, w/s) at or above ``min_confidence``. depth, mask and K are the zoomed pair's rendering at the
-    pose. Returns R_new, t_new and whether each row had ``min_cells`` such cells and a finite solution in front
-    of the camera (where not, the pose is returned unchanged)."""
+    (N, 2, h/s, w/s) [crop px] puts them (s = 4 or 2, read from the shapes), over the cells whose confidence
+    (N, h/s, w/s) is at or above ``min_confidence``, each weighted by ``weights`` (N, h/s, w/s; default the
+    confidence). depth, mask and K are the zoomed pair's rendering at the pose. Returns R_new, t_new and
+    whether each row had ``min_cells`` such cells and a finite solution in front of the camera (where not, the
+    pose is returned unchanged)."""
     stride = depth.shape[-1] // flow.shape[-1]
     if flow.shape[-2:] != (depth.shape[-2] // max(stride, 1), depth.shape[-1] // max(stride, 1)) or stride < 1 \
             or depth.shape[-1] % stride or depth.shape[-2] % stride:
         raise ValueError(f"pose_from_flow: a flow grid of {tuple(flow.shape[-2:])} cells is not a whole-stride grid "
                          f"of the {tuple(depth.shape[-2:])} crop")
     uv, xyz, covered = cell_points(depth, mask, K, stride=stride)
-    weights = (confidence * (covered & (confidence >= min_confidence))).flatten(1)
+    weights = ((confidence if weights is None else weights) * (covered & (confidence >= min_confidence))).flatten(1)
     target = uv + flow.permute(0, 2, 3, 1)
     ok = (weights > 0).sum(1) >= min_cells
     dtype = torch.float64  # the normal equations of ~1000 points in metres and pixels: float32 loses digits

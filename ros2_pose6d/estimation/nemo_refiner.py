@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, feature_intrinsics, render_compare
-from ros2_pose6d.estimation.refine_common import NOT_REFINED, frame_tensor, screen_estimates
+from ros2_pose6d.estimation.refine_common import NOT_REFINED, frame_tensor, paste_crop_mask, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import zoom_window
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics
@@ -46,19 +46,6 @@ def rotation_prior(m: Tensor, outlier: float) -> Tensor:
     if outlier <= 0.0:
         return 0.5 * m
     return -torch.logaddexp(math.log1p(-outlier) - 0.5 * m, torch.full_like(m, math.log(outlier)))
-
-
-def paste_crop_mask(crop_mask: np.ndarray, window: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """A (h, w) mask of the crop ``window`` (x0, y0, x1, y1) put back into an (H, W) image (nearest)."""
-    H, W = hw
-    h, w = crop_mask.shape
-    x0, y0, x1, y1 = window
-    us, vs = np.arange(W), np.arange(H)
-    cu = np.floor((us - x0) / (x1 - x0) * w).astype(int)
-    cv = np.floor((vs - y0) / (y1 - y0) * h).astype(int)
-    valid = (cv[:, None] >= 0) & (cv[:, None] < h) & (cu[None] >= 0) & (cu[None] < w)
-    out = crop_mask[cv.clip(0, h - 1)[:, None], cu.clip(0, w - 1)[None]]
-    return out & valid
 
 
 class NemoRefiner:

@@ -14,10 +14,11 @@ from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.objects.registry import ObjectRegistry
 
-# Whose visibility a refined detection reports: the refiner's own (NeMo: from its occlusion map; DeepIM has
-# none and keeps its input's), or the detector's (the visibility head, trained on visib_fract). Poses refined
-# from earlier poses (tracking) always take the refiner's: the detector's would be stale. The default is the
-# detector's, the more accurate of the two with the shipped weights (models/weights/README.md).
+# Whose visibility a refined detection reports: the refiner's own (NeMo: from its occlusion map; DeepIM: from
+# its flow matcher's occlusion head where the weights have one, else its input's), or the detector's (the
+# visibility head, trained on visib_fract). Poses refined from earlier poses (tracking) always take the
+# refiner's: the detector's would be stale. The default is the detector's, the more accurate of the two with
+# the shipped weights (models/weights/README.md).
 VisibilitySource = Literal["refiner", "detector"]
 VISIBILITY_SOURCES: tuple[str, ...] = get_args(VisibilitySource)
 

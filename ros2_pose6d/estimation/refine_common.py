@@ -1,6 +1,6 @@
 """What both refiners do before refining: turn the frame into a tensor, and screen the incoming
 estimates (unknown object, non-finite pose, behind the camera, centre far off the image), which come back
-unrefined with the reason in their notes."""
+unrefined with the reason in their notes; and after: put an occlusion mask of a crop back into the image."""
 
 from __future__ import annotations
 
@@ -55,3 +55,16 @@ def screen_estimates(frame: Frame, estimates: list[PoseEstimate],
             usable.append(i)
             results.append(e)
     return usable, results
+
+
+def paste_crop_mask(crop_mask: np.ndarray, window: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A (h, w) mask of the crop ``window`` (x0, y0, x1, y1) put back into an (H, W) image (nearest)."""
+    H, W = hw
+    h, w = crop_mask.shape
+    x0, y0, x1, y1 = window
+    us, vs = np.arange(W), np.arange(H)
+    cu = np.floor((us - x0) / (x1 - x0) * w).astype(int)
+    cv = np.floor((vs - y0) / (y1 - y0) * h).astype(int)
+    valid = (cv[:, None] >= 0) & (cv[:, None] < h) & (cu[None] >= 0) & (cu[None] < w)
+    out = crop_mask[cv.clip(0, h - 1)[:, None], cu.clip(0, w - 1)[None]]
+    return out & valid

@@ -61,12 +61,18 @@ class DeepimConfig:
     # correspondences from a local correlation matcher (nets/flow_matcher.py, our addition): with
     # pose_from_flow the update of each iteration is solved from them by PnP (estimation/flow_pose.py) where
     # enough cells match with at least flow_min_confidence; elsewhere the FC head's update is kept.
-    # flow_matcher_refine > 0 adds the matcher's stride-2 level with windows of that many half-cells either way
+    # flow_matcher_refine > 0 adds the matcher's stride-2 level with windows of that many half-cells either way;
+    # flow_matcher_occlusion its occlusion head (hidden cells leave the pose; the seen share is the visibility)
     flow_matcher: bool = False
     flow_matcher_channels: int = 32
     flow_matcher_radius: int = 4
     flow_matcher_blocks: int = 2
     flow_matcher_refine: int = 0
+    flow_matcher_occlusion: bool = False
+    # > 0: at inference the matches are also read backward (observed to rendered cells) and averaged with the
+    # forward ones (nets/flow_matcher.symmetric_flow: the two share a bias toward the object's inside that the
+    # average cancels); cells whose forward and backward matches disagree by more than this [crop px] drop out
+    flow_symmetric_px: float = 0.0
     pose_from_flow: bool = False
     flow_min_confidence: float = 0.5
     # "flow": the solved pose as it is; "network": its rotation and its centre on the image, at the depth of
@@ -75,6 +81,10 @@ class DeepimConfig:
     # the matches read the outline of a visible object better, the depth matcher degrades less with occlusion
     flow_depth: str = "flow"
     flow_depth_weight: float = 0.5
+    # with flow_depth blend and the occlusion head: the solved depth's weight for an object the head sees half of
+    # or less, growing linearly from flow_depth_weight (all seen) to it (half seen). Occlusion costs the depth
+    # matcher more than the matches, once the hidden cells are left out of them. None: flow_depth_weight always
+    flow_depth_weight_hidden: float | None = None
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -92,7 +102,8 @@ class DeepimNet(nn.Module):
     is on, with its scale_logits (B, S)); flow (B, 2, H/4, W/4) [crop px] and
     mask_logits (B, 1, H/4, W/4) when the heads are on; match_flow, match_confidence and match_logits
     (nets/flow_matcher.py) with the flow matcher, plus match_coarse_flow, match_fine_centre and
-    match_fine_logits with its stride-2 level. Images normalised, masks in {0, 1}."""
+    match_fine_logits with its stride-2 level, match_seen_logits with its occlusion head. Images normalised,
+    masks in {0, 1}."""
 
     def __init__(self, cfg: DeepimConfig) -> None:
         super().__init__()
@@ -148,9 +159,20 @@ class DeepimNet(nn.Module):
             raise ValueError(f"model.flow_depth: {cfg.flow_depth!r} is not one of 'flow', 'network', 'blend'")
         if not 0.0 <= cfg.flow_depth_weight <= 1.0:
             raise ValueError(f"model.flow_depth_weight: {cfg.flow_depth_weight} is not in [0, 1]")
+        if cfg.flow_symmetric_px < 0:
+            raise ValueError(f"model.flow_symmetric_px: {cfg.flow_symmetric_px} is negative")
+        if cfg.flow_depth_weight_hidden is not None:
+            if not 0.0 <= cfg.flow_depth_weight_hidden <= 1.0:
+                raise ValueError(f"model.flow_depth_weight_hidden: {cfg.flow_depth_weight_hidden} is not in [0, 1]")
+            if not (cfg.flow_matcher_occlusion and cfg.flow_depth == "blend"):
+                raise ValueError("model.flow_depth_weight_hidden needs model.flow_matcher_occlusion: true and "
+                                 "model.flow_depth: blend")
         if cfg.flow_matcher:
             self.flow_matcher = FlowMatcher(cfg.flow_matcher_channels, cfg.flow_matcher_radius,
-                                            cfg.flow_matcher_blocks, cfg.flow_matcher_refine)
+                                            cfg.flow_matcher_blocks, cfg.flow_matcher_refine,
+                                            cfg.flow_matcher_occlusion, cfg.flow_symmetric_px)
+        elif cfg.flow_matcher_occlusion or cfg.flow_symmetric_px:
+            raise ValueError("model.flow_matcher_occlusion and model.flow_symmetric_px need model.flow_matcher: true")
 
     # parameters that may start at their initialisation when fine-tuning from weights without them
     # (training's init_from): the depth and flow matchers can be added to trained weights
@@ -184,6 +206,8 @@ class DeepimNet(nn.Module):
             if "fine_logits" in match:
                 out.update({"match_coarse_flow": match["coarse_flow"], "match_fine_centre": match["fine_centre"],
                             "match_fine_logits": match["fine_logits"]})
+            if "seen_logits" in match:
+                out["match_seen_logits"] = match["seen_logits"]
         if self.cfg.flow_head or self.cfg.mask_head:
             y = skips["conv6_1"]
             for up, skip in ((self.up5, "conv5_1"), (self.up4, "conv4_1"), (self.up3, "conv3_1"), (self.up2, "conv2")):

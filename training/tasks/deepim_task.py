@@ -67,6 +67,9 @@ class DeepimLossConfig:
     w_scale: float = 0.1
     # with model.flow_matcher: weight of its correspondence cross-entropy (FlowMatcher.match_loss)
     w_match: float = 1.0
+    # with model.flow_matcher_occlusion: weight of its occlusion head's binary cross-entropy, inside the
+    # matcher's loss (so it is also scaled by w_match)
+    w_occlusion: float = 1.0
     # render-and-compare steps per training sample, as in DeepIM's iterative training: the second starts
     # from the first's update (no gradient through it), so the network also learns from the small errors
     # it meets in its later inference iterations. The loss is the mean over the steps.
@@ -136,7 +139,8 @@ class DeepimTask(TaskBase):
         self._step = 0
         if self.loss_cfg.train_iterations < 1:
             raise ValueError(f"loss.train_iterations: {self.loss_cfg.train_iterations} is not a positive count")
-        for key in ("trans_warmup_steps", "clean_warmup_steps", "w_rot", "w_xy", "w_z", "w_scale", "w_match"):
+        for key in ("trans_warmup_steps", "clean_warmup_steps", "w_rot", "w_xy", "w_z", "w_scale", "w_match",
+                    "w_occlusion"):
             if getattr(self.loss_cfg, key) < 0:
                 raise ValueError(f"loss.{key}: {getattr(self.loss_cfg, key)} is negative")
 
@@ -254,7 +258,7 @@ class DeepimTask(TaskBase):
                 if visible is None:
                     raise ValueError("the flow matcher's loss needs the observed objects' visible masks")
                 match, diag = matcher_loss(getattr(self.forward_module, "module", self.forward_module).flow_matcher,
-                                           out, flow, valid, visible, z)
+                                           out, flow, valid, visible, z, lc.w_occlusion)
                 loss = loss + lc.w_match * match
                 parts["match"] = float(match.detach())
                 parts.update(diag)
