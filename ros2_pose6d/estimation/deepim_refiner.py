@@ -124,10 +124,9 @@ class DeepimRefiner:
     @torch.no_grad()
     def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
                        est_boxes: Tensor | None, iterations: int) -> DeepimResult:
-        """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3).
-        Each iteration runs
-        on the objects still moving (the network's stop_rotation_deg / stop_translation); an object whose
-        step failed stops there (the step would fail again from the same pose)."""
+        """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3) ->
+        DeepimResult. Each iteration runs on the objects still moving (the network's stop_rotation_deg /
+        stop_translation); an object whose step failed stops there (the step would fail again from the same pose)."""
         N = len(mesh_idx)
         cfg = self.net.cfg
         reasons = [""] * N

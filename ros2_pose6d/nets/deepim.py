@@ -62,7 +62,8 @@ class DeepimConfig:
     # pose_from_flow the update of each iteration is solved from them by PnP (estimation/flow_pose.py) where
     # enough cells match with at least flow_min_confidence; elsewhere the FC head's update is kept.
     # flow_matcher_refine > 0 adds the matcher's stride-2 level with windows of that many half-cells either way;
-    # flow_matcher_occlusion its occlusion head (hidden cells leave the pose; the seen share is the visibility)
+    # flow_matcher_occlusion its occlusion head (hidden cells weigh little in the pose; the seen share is the
+    # refiner's visibility)
     flow_matcher: bool = False
     flow_matcher_channels: int = 32
     flow_matcher_radius: int = 4
@@ -83,7 +84,7 @@ class DeepimConfig:
     flow_depth_weight: float = 0.5
     # with flow_depth blend and the occlusion head: the solved depth's weight for an object the head sees half of
     # or less, growing linearly from flow_depth_weight (all seen) to it (half seen). Occlusion costs the depth
-    # matcher more than the matches, once the hidden cells are left out of them. None: flow_depth_weight always
+    # matcher more than the matches, once the hidden cells are weighed down. None: flow_depth_weight always
     flow_depth_weight_hidden: float | None = None
 
 

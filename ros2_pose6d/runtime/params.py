@@ -91,7 +91,8 @@ REFINER = COMMON + (
     ParamSpec("iterations", 0, "DeepIM iterations / NeMo steps (0: the weights' default; a cascade takes its "
               "counts from method and needs 0)", (0, 1000)),
     ParamSpec("visibility", "detector", "whose visibility a refined detection reports: the detector's (set "
-              "refiner if your detections carry none) or the refiner's own (NeMo: its occlusion map); tracked "
+              "refiner if your detections carry none) or the refiner's own (NeMo: its occlusion map; DeepIM: its "
+              "occlusion head, where its weights have one); tracked "
               "poses always take the refiner's",
               choices=("refiner", "detector")),
     ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000), read_only=True),
