@@ -462,17 +462,21 @@ def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
     z = zoom_in(renderer, idx, R_src, t_src, K, image, points, None, (128, 160), 1.4)
     tgt = renderer.render(idx, R_gt, t_gt, z.K, RasterSettings(128, 160), shade=False)
     target, ok = cell_flow(*flow_between(z.depth, z.mask, R_src, t_src, R_gt, t_gt, z.K, tgt.depth))
-    for flow_depth in ("flow", "network", "blend"):
-        net = DeepimNet(DeepimConfig(**cfg, flow_depth=flow_depth, flow_depth_weight=0.25)).eval()
+
+    def step_with_true_matches(net: DeepimNet):
         forward = net.forward
 
-        def oracle(*args, forward=forward):
+        def oracle(*args):
             out = forward(*args)
             return {**out, "match_flow": target, "match_confidence": ok.float()}
 
         monkeypatch.setattr(net, "forward", oracle)
         with torch.no_grad():
-            R, t, out, _ = deepim_step(net, renderer, idx, R_src, t_src, K, image, points, None)
+            return deepim_step(net, renderer, idx, R_src, t_src, K, image, points, None)
+
+    for flow_depth in ("flow", "network", "blend"):
+        net = DeepimNet(DeepimConfig(**cfg, flow_depth=flow_depth, flow_depth_weight=0.25)).eval()
+        R, t, out, _ = step_with_true_matches(net)
         assert float(geodesic_angle(R, R_gt)) < math.radians(1.0)
         centre, centre_gt = t[0, :2] / t[0, 2], t_gt[0, :2] / t_gt[0, 2]
         assert float((centre - centre_gt).norm()) < 0.002
@@ -493,15 +497,7 @@ def test_deepim_step_takes_the_pose_solved_from_the_matches(monkeypatch):
                                      flow_matcher_occlusion=True)).eval()
         with torch.no_grad():
             net.flow_matcher.occlusion[-1].bias.fill_(bias)
-        forward = net.forward
-
-        def oracle(*args, forward=forward):
-            out = forward(*args)
-            return {**out, "match_flow": target, "match_confidence": ok.float()}
-
-        monkeypatch.setattr(net, "forward", oracle)
-        with torch.no_grad():
-            R, t, out, _ = deepim_step(net, renderer, idx, R_src, t_src, K, image, points, None)
+        R, t, out, _ = step_with_true_matches(net)
         z_net = t_src[0, 2] / torch.exp(out["v"][0, 2])
         expected = t_gt[0, 2] if expect_true_depth else z_net
         torch.testing.assert_close(t[0, 2], expected, atol=2e-3, rtol=0)
