@@ -144,12 +144,14 @@ def test_a_symmetric_matcher_keeps_an_exact_shift_and_reads_backward_only_in_eva
     observed = torch.roll(rendered, shifts=(4, -8), dims=(2, 3))
     with torch.no_grad():
         out = matcher.eval()(observed, rendered)
+        one_way = matcher(observed, rendered, backward=False)
         trained = matcher.train()(observed, rendered)
     inner = out["flow"][0, :, 5:-5, 5:-5]
     torch.testing.assert_close(inner[0], torch.full_like(inner[0], -8.0), atol=1e-3, rtol=0)
     torch.testing.assert_close(inner[1], torch.full_like(inner[1], 4.0), atol=1e-3, rtol=0)
     assert float(out["confidence"][0, 5:-5, 5:-5].min()) > 0.99
-    assert "forward_flow" in out and "forward_flow" not in trained
+    assert "forward_flow" in out and "forward_flow" not in trained and "forward_flow" not in one_way
+    torch.testing.assert_close(one_way["flow"], out["forward_flow"])
 
 
 def _shifted_pairs(n: int, gen: torch.Generator, size=(48, 64)):

@@ -95,7 +95,7 @@ def seen_cells(seen_logits: Tensor, z: ZoomedPair) -> tuple[Tensor, Tensor]:
 def seen_at(net: DeepimNet, z: ZoomedPair) -> tuple[Tensor, Tensor]:
     """What the flow matcher's occlusion head says of a zoomed pair: the share of the rendered silhouette's cells
     seen (N,) and the silhouette's hidden pixels (N, h, w) bool."""
-    match = net.flow_matcher(normalise_images(z.observed), normalise_images(z.rendered))
+    match = net.flow_matcher(normalise_images(z.observed), normalise_images(z.rendered), backward=False)
     share, seen = seen_cells(match["seen_logits"], z)
     hidden = F.interpolate((~seen)[:, None].float(), size=z.depth.shape[-2:], mode="nearest")[:, 0] > 0.5
     return share, hidden & (z.mask[:, 0] > 0)

@@ -201,8 +201,10 @@ class FlowMatcher(nn.Module):
         return {"flow": centre + fine_disp * FINE_STRIDE, "confidence": fine_mass * coarse_mass, "logits": logits,
                 "coarse_flow": coarse["flow"], "fine_centre": centre, "fine_logits": fine_logits}
 
-    def forward(self, observed: Tensor, rendered: Tensor) -> dict[str, Tensor]:
+    def forward(self, observed: Tensor, rendered: Tensor, backward: bool = True) -> dict[str, Tensor]:
+        """``backward`` False skips the backward matches of ``symmetric_px`` (the occlusion head does not need them)."""
         B = len(observed)
+        backward = backward and self.symmetric_px > 0 and not self.training
         both = torch.cat([observed, rendered])
         coarse = self.blocks(self.features(both))
         f = F.normalize(coarse, dim=1)
@@ -215,11 +217,11 @@ class FlowMatcher(nn.Module):
         with torch.autocast(f.device.type, enabled=False):  # correlations differ by ~1e-2: float32
             f32, g32 = f.float(), None if g is None else g.float()
             out = self._one_way(f32[B:], f32[:B], None if g is None else g32[B:], None if g is None else g32[:B])
-            if self.symmetric_px > 0 and not self.training:
+            if backward:
                 back = self._one_way(f32[:B], f32[B:], None if g is None else g32[:B], None if g is None else g32[B:])
         if hasattr(self, "occlusion"):
             out["seen_logits"] = self._seen_logits(last, out["flow"], out["confidence"], stride)
-        if self.symmetric_px > 0 and not self.training:
+        if backward:
             out["forward_flow"] = out["flow"]
             out["flow"], disagreement = symmetric_flow(out["flow"], back["flow"], stride)
             out["confidence"] = out["confidence"] * (disagreement <= self.symmetric_px)
