@@ -77,15 +77,20 @@ def peak_readout(logits: Tensor, radius: int) -> tuple[Tensor, Tensor]:
     return disp, mass
 
 
-def warp_to_match(observed: Tensor, flow: Tensor, stride: int) -> Tensor:
-    """Observed features (B, C, h, w) on a stride-``stride`` grid of the crop (cell (y, x) stands for crop pixel
-    (stride (x + 0.5) - 0.5, stride (y + 0.5) - 0.5)), sampled bilinearly where each cell's pixel lands under
-    flow (B, 2, h, w) [crop px, x then y] -> (B, C, h, w), zero outside the crop."""
-    _, _, h, w = observed.shape
+def landing_pixels(flow: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+    """Where each cell of a stride-``stride`` grid (cell (y, x) stands for crop pixel (stride (x + 0.5) - 0.5,
+    stride (y + 0.5) - 0.5)) lands under flow (B, 2, h, w) [crop px, x then y]: x and y (B, h, w) [crop px]."""
+    _, _, h, w = flow.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
                             torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
-    px = (xs + 0.5) * stride - 0.5 + flow[:, 0]  # (B, h, w) crop px
-    py = (ys + 0.5) * stride - 0.5 + flow[:, 1]
+    return (xs + 0.5) * stride - 0.5 + flow[:, 0], (ys + 0.5) * stride - 0.5 + flow[:, 1]
+
+
+def warp_to_match(observed: Tensor, flow: Tensor, stride: int) -> Tensor:
+    """Observed features (B, C, h, w) on a stride-``stride`` grid of the crop, sampled bilinearly where each
+    cell's pixel lands under flow (B, 2, h, w) [crop px] (landing_pixels) -> (B, C, h, w), zero outside the crop."""
+    _, _, h, w = observed.shape
+    px, py = landing_pixels(flow, stride)
     grid = torch.stack([(2 * px + 1) / (w * stride) - 1, (2 * py + 1) / (h * stride) - 1], -1)
     return F.grid_sample(observed, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -127,10 +132,7 @@ def symmetric_flow(forward: Tensor, backward: Tensor, stride: int) -> tuple[Tens
     outside the crop has no backward match to check or average: it keeps its forward flow, and its disagreement is
     infinite."""
     _, _, h, w = forward.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=forward.dtype, device=forward.device),
-                            torch.arange(w, dtype=forward.dtype, device=forward.device), indexing="ij")
-    px = (xs + 0.5) * stride - 0.5 + forward[:, 0]  # where each match lands [crop px]
-    py = (ys + 0.5) * stride - 0.5 + forward[:, 1]
+    px, py = landing_pixels(forward, stride)
     inside = (px >= 0) & (px <= w * stride - 1) & (py >= 0) & (py <= h * stride - 1)
     back = warp_to_match(backward, forward, stride)
     disagreement = torch.where(inside, (forward + back).norm(dim=1), torch.full_like(px, float("inf")))
@@ -146,9 +148,9 @@ class FlowMatcher(nn.Module):
     flow), fine_centre (it upsampled to stride 2, where each fine window is centred) and fine_logits. With
     ``occlusion`` the dict adds seen_logits (B, h, w) on the flow's grid (whether each rendered cell is seen in
     the observed crop; estimation/flow_pose.py weighs each cell's match by its probability). With
-    ``symmetric_px`` > 0, in
-    eval mode, the flow is symmetric_flow's of the forward and the backward matches (forward_flow keeps the
-    forward one), and cells whose two disagree by more than symmetric_px lose their confidence."""
+    ``symmetric_px`` > 0, in eval mode, the flow is symmetric_flow's of the forward and the backward matches
+    (forward_flow keeps the forward one), and cells whose two disagree by more than symmetric_px lose their
+    confidence."""
 
     def __init__(self, channels: int = 32, radius: int = 4, blocks: int = 2, refine_radius: int = 0,
                  occlusion: bool = False, symmetric_px: float = 0.0) -> None:
@@ -215,10 +217,11 @@ class FlowMatcher(nn.Module):
             g = F.normalize(self.fine_merge(torch.cat([fine, up], 1)), dim=1)
         stride, last = (FINE_STRIDE, g) if g is not None else (STRIDE, f)
         with torch.autocast(f.device.type, enabled=False):  # correlations differ by ~1e-2: float32
-            f32, g32 = f.float(), None if g is None else g.float()
-            out = self._one_way(f32[B:], f32[:B], None if g is None else g32[B:], None if g is None else g32[:B])
+            f_obs, f_ren = f[:B].float(), f[B:].float()
+            g_obs, g_ren = (None, None) if g is None else (g[:B].float(), g[B:].float())
+            out = self._one_way(f_ren, f_obs, g_ren, g_obs)
             if backward:
-                back = self._one_way(f32[:B], f32[B:], None if g is None else g32[:B], None if g is None else g32[B:])
+                back = self._one_way(f_obs, f_ren, g_obs, g_ren)
         if hasattr(self, "occlusion"):
             out["seen_logits"] = self._seen_logits(last, out["flow"], out["confidence"], stride)
         if backward:
