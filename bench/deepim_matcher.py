@@ -1,10 +1,11 @@
-"""What DeepIM's flow-matcher options of session 31 cost per frame, with the shipped demo network's configuration
-(models/weights/deepim_demo.yaml, random weights: latency does not depend on them), on a 640x480 frame with 1, 5
-and 10 objects, for one refinement of ``--iterations`` iterations (the shipped network averages 4.2 per object
-from perturbed truth; here no object stops early unless its step fails): with the forward matches only (the
-baseline), with the occlusion head (which adds one one-way matcher pass at the refined pose for the visibility),
-with the matches read both ways, and with both, as shipped. The variants take turns within each repeat, so that
-the machine's drift falls on all of them alike."""
+"""What DeepIM's flow-matcher options of session 31 and the polish of session 32 cost per frame, with the shipped demo
+network's configuration (models/weights/deepim_demo.yaml, random weights: latency does not depend on them), on a
+640x480 frame with 1, 5 and 10 objects, for one refinement of ``--iterations`` iterations (the shipped network
+averages 4.2 per object from perturbed truth; here no object stops early unless its step fails): with the forward
+matches only (the baseline), with the occlusion head (which adds one one-way matcher pass at the refined pose for
+the visibility), with the matches read both ways, with both (session 31), and with both and the polish iterations on
+larger crops after the coarse ones, as shipped. The variants take turns within each repeat, so that the machine's
+drift falls on all of them alike."""
 
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def main() -> None:
     shipped = build_config(DeepimConfig, load_yaml(REPO / "models" / "weights" / "deepim_demo.yaml")["model"],
                            prefix="model")
     shipped = replace(shipped, stop_rotation_deg=0.0, stop_translation=0.0)  # every object runs every iteration
-    base = replace(shipped, flow_matcher_occlusion=False, flow_symmetric_px=0.0, flow_depth_weight_hidden=None)
+    unpolished = replace(shipped, polish_size=None, polish_iterations=0)
+    base = replace(unpolished, flow_matcher_occlusion=False, flow_symmetric_px=0.0, flow_depth_weight_hidden=None)
     variants = {"forward": base,
                 "+occlusion": replace(base, flow_matcher_occlusion=True),
                 "+backward": replace(base, flow_symmetric_px=shipped.flow_symmetric_px),
+                "session 31": unpolished,
                 "shipped": shipped}
     torch.manual_seed(0)
     refiners = {name: DeepimRefiner(DeepimNet(cfg), registry, args.device) for name, cfg in variants.items()}

@@ -477,6 +477,61 @@ def test_refiner_stops_an_object_once_its_updates_are_below_the_thresholds(regis
     np.testing.assert_allclose(out[1].t[2], starts[1].t[2] * np.exp(-0.05 * 4), rtol=1e-4)
 
 
+def test_refiner_polishes_on_larger_crops_after_the_coarse_iterations(registry, monkeypatch):
+    """polish_iterations / polish_size: after the coarse iterations on input_size crops the objects go on for
+    the polish iterations on polish_size crops around their current pose alone (no estimated box) and count
+    them; an object whose step failed is not polished; no iterations asked means no polish either."""
+    import ros2_pose6d.estimation.deepim_refiner as deepim_refiner
+
+    frame = Frame(np.zeros((240, 320, 3), np.uint8), K.numpy())
+    starts = [PoseEstimate(1, np.eye(3), np.array([0.0, 0.0, 0.6])),
+              PoseEstimate(2, np.eye(3), np.array([0.02, 0.0, 0.7]))]
+    net = DeepimNet(replace(TINY, stop_rotation_deg=0.1, stop_translation=0.001, polish_size=(96, 128),
+                            polish_iterations=2))
+    with torch.no_grad():
+        for layer in (net.rot, net.trans):
+            layer.weight.zero_()
+        net.trans.bias[2] = 0.05  # keeps moving: every iteration runs
+    crops = []  # (objects, crop height, crop width, estimated boxes given) of each step
+
+    def spy(*args, **kwargs):
+        R_new, t_new, out, z = step(*args, **kwargs)
+        crops.append((len(R_new), *z.observed.shape[-2:], args[8] is not None))
+        return R_new, t_new, out, z
+
+    step = deepim_refiner.deepim_step
+    monkeypatch.setattr(deepim_refiner, "deepim_step", spy)
+    out = DeepimRefiner(net, registry).refine(frame, starts, iterations=3)
+    assert crops == [(2, 48, 64, True)] * 3 + [(2, 96, 128, False)] * 2
+    assert [e.iterations for e in out] == [5, 5]
+    for e, s in zip(out, starts):
+        np.testing.assert_allclose(e.t[2], s.t[2] * np.exp(-0.05 * 5), rtol=1e-4)
+
+    crops.clear()
+    assert [e.iterations for e in DeepimRefiner(net, registry).refine(frame, starts, iterations=0)] == [0, 0]
+    assert crops == []
+
+    def fail_first(net, renderer, mesh_idx, R, t, *args, **kwargs):  # the first object's steps diverge
+        R_new, t_new, out, z = spy(net, renderer, mesh_idx, R, t, *args, **kwargs)
+        bad = mesh_idx == registry.index(1)
+        return R_new, torch.where(bad[:, None], torch.full_like(t_new, float("nan")), t_new), out, z
+
+    crops.clear()
+    monkeypatch.setattr(deepim_refiner, "deepim_step", fail_first)
+    out = DeepimRefiner(net, registry).refine(frame, starts, iterations=3)
+    assert crops == [(2, 48, 64, True)] + [(1, 48, 64, True)] * 2 + [(1, 96, 128, False)] * 2
+    assert [e.iterations for e in out] == [0, 5] and any("diverged" in n for n in out[0].notes)
+
+
+def test_polish_settings_are_checked():
+    with pytest.raises(ValueError, match="polish_size"):
+        DeepimNet(replace(TINY, polish_iterations=2))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        DeepimNet(replace(TINY, polish_size=(98, 128), polish_iterations=2))
+    with pytest.raises(ValueError, match="negative"):
+        DeepimNet(replace(TINY, polish_size=(96, 128), polish_iterations=-1))
+
+
 def test_refiner_reports_the_occlusion_heads_visibility_and_hidden_pixels(registry, renderer):
     """With the flow matcher's occlusion head the refined estimate's visibility is the share of the rendered
     silhouette's cells the head calls seen, and its occlusion map the silhouette's hidden pixels in the image:

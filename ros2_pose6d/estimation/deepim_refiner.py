@@ -39,16 +39,19 @@ def crop_focal(K_crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
 
 
 def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: Tensor,
-                images: Tensor, points: Tensor, est_boxes: Tensor | None, flow_pose: bool = True):
+                images: Tensor, points: Tensor, est_boxes: Tensor | None, flow_pose: bool = True,
+                size: tuple[int, int] | None = None):
     """One render-and-compare iteration: returns (R_new, t_new, network output, zoomed pair). ``net`` may be
     wrapped in DistributedDataParallel (training). With the network's ``pose_from_flow`` and ``flow_pose``
     the update is solved from the flow matcher's matches; training passes False, so that the losses see the
-    network's own update."""
+    network's own update. ``size`` (H, W) of the crops: default the network's input_size (the polish passes
+    its polish_size)."""
     cfg = getattr(net, "module", net).cfg
+    size = cfg.input_size if size is None else size
     with torch.no_grad():
-        z = zoom_in(renderer, mesh_idx, R, t, K, images, points, est_boxes, cfg.input_size, cfg.zoom_scale)
+        z = zoom_in(renderer, mesh_idx, R, t, K, images, points, est_boxes, size, cfg.zoom_scale)
     out = net(normalise_images(z.observed), normalise_images(z.rendered), z.mask)
-    R_new, t_new = apply_update(R, t, out["R_delta"], out["v"], crop_focal(z.K, cfg.input_size))
+    R_new, t_new = apply_update(R, t, out["R_delta"], out["v"], crop_focal(z.K, size))
     if cfg.pose_from_flow and flow_pose:  # where enough cells match, the update solved from the matcher's flow
         with torch.no_grad():  # the occlusion head's probabilities weigh the cells (nets/flow_matcher.py)
             weights = out["match_confidence"] * out["match_seen_logits"].sigmoid() if "match_seen_logits" in out \
@@ -126,31 +129,53 @@ class DeepimRefiner:
                        est_boxes: Tensor | None, iterations: int) -> DeepimResult:
         """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3) ->
         DeepimResult. Each iteration runs on the objects still moving (the network's stop_rotation_deg /
-        stop_translation); an object whose step failed stops there (the step would fail again from the same pose)."""
+        stop_translation); an object whose step failed stops there (the step would fail again from the same pose).
+        With the network's polish_iterations, the objects that did not fail then go on on larger crops
+        (polish_size) around their current pose; the fit, visibility and occlusion map are read at input_size, as
+        trained."""
         N = len(mesh_idx)
         cfg = self.net.cfg
         reasons = [""] * N
         done = torch.zeros(N, dtype=torch.long, device=self.device)
-        active = torch.ones(N, dtype=torch.bool, device=self.device)  # neither converged nor failed
-        z0 = t[:, 2].clone()
         R, t = R.clone(), t.clone()
+        z0 = t[:, 2].clone()
+        self._iterate(images, K, mesh_idx, R, t, est_boxes, iterations, cfg.input_size, z0, done, reasons)
+        if cfg.polish_iterations and iterations > 0:  # crops around the current pose alone: the estimated box
+            # (a detector's, or the start's) was there to take in a far-off start; now it would only widen the crop
+            self._iterate(images, K, mesh_idx, R, t, None, cfg.polish_iterations, cfg.polish_size, z0, done, reasons)
+        z = zoom_in(self.renderer, mesh_idx, R, t, K, images, self.points[mesh_idx], est_boxes,
+                    cfg.input_size, cfg.zoom_scale)
+        diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask
+        fit = diff.flatten(1).sum(1) / z.mask.flatten(1).sum(1).clamp_min(1)
+        if not cfg.flow_matcher_occlusion:
+            return DeepimResult(R, t, fit, done, reasons)
+        visibility, occlusion = seen_at(self.net, z)
+        return DeepimResult(R, t, fit, done, reasons, visibility, occlusion, z.boxes)
+
+    def _iterate(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor, est_boxes: Tensor | None,
+                 iterations: int, size: tuple[int, int], z0: Tensor, done: Tensor, reasons: list[str]) -> None:
+        """Up to ``iterations`` steps on crops of ``size`` for the objects without a failure reason, in place on
+        R, t, done (successful steps) and reasons. An object stops once it converges or its step fails (the
+        reason recorded); z0 (N,) are the starting depths a sane step stays within 0.5x-2x of."""
+        N = len(mesh_idx)
+        cfg = self.net.cfg
+        active = torch.tensor([not r for r in reasons], dtype=torch.bool, device=self.device)
         for _ in range(iterations):
             a = torch.nonzero(active)[:, 0]
             if len(a) == 0:
                 break
             imgs = images if len(a) == N else images[a]  # (the frame expanded over N: no copy while all move)
             R_new, t_new, _, z = deepim_step(self.net, self.renderer, mesh_idx[a], R[a], t[a], K[a], imgs,
-                                             self.points[mesh_idx[a]], None if est_boxes is None else est_boxes[a])
+                                             self.points[mesh_idx[a]], None if est_boxes is None else est_boxes[a],
+                                             size=size)
             empty = z.mask.flatten(1).sum(1) == 0
             finite = torch.isfinite(R_new).flatten(1).all(1) & torch.isfinite(t_new).all(1)
             za = z0[a]
             sane = finite & (t_new[:, 2] > 0.5 * za) & (t_new[:, 2] < 2.0 * za) & (t_new[:, 2] > 0.02)
             ok = sane & ~empty
             for k in torch.nonzero(~ok)[:, 0].tolist():
-                i = int(a[k])
-                if not reasons[i]:
-                    reasons[i] = ("nothing rendered in the zoomed crop" if bool(empty[k])
-                                  else "iteration diverged (non-finite or absurd depth); kept the last good pose")
+                reasons[int(a[k])] = ("nothing rendered in the zoomed crop" if bool(empty[k])
+                                      else "iteration diverged (non-finite or absurd depth); kept the last good pose")
             still = ok  # a failed step would fail again from the same pose: that object stops too
             if cfg.stop_rotation_deg > 0 or cfg.stop_translation > 0:  # (NaN where not ok: no matter)
                 turned = torch.rad2deg(geodesic_angle(R_new, R[a]))
@@ -160,14 +185,6 @@ class DeepimRefiner:
             t[a] = torch.where(ok[:, None], t_new, t[a])
             done[a] = done[a] + ok.long()
             active[a] = still
-        z = zoom_in(self.renderer, mesh_idx, R, t, K, images, self.points[mesh_idx], est_boxes,
-                    cfg.input_size, cfg.zoom_scale)
-        diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask
-        fit = diff.flatten(1).sum(1) / z.mask.flatten(1).sum(1).clamp_min(1)
-        if not cfg.flow_matcher_occlusion:
-            return DeepimResult(R, t, fit, done, reasons)
-        visibility, occlusion = seen_at(self.net, z)
-        return DeepimResult(R, t, fit, done, reasons, visibility, occlusion, z.boxes)
 
     def refine(self, frame: Frame, estimates: list[PoseEstimate], iterations: int | None = None) -> list[PoseEstimate]:
         """Refined copies of ``estimates`` (same order; stage 'refined', iterations and fit_error set; with the

@@ -86,6 +86,13 @@ class DeepimConfig:
     # or less, growing linearly from flow_depth_weight (all seen) to it (half seen). Occlusion costs the depth
     # matcher more than the matches, once the hidden cells are weighed down. None: flow_depth_weight always
     flow_depth_weight_hidden: float | None = None
+    # after the iterations at input_size, polish_iterations more (each object again until it stops moving) on
+    # crops of polish_size (H, W), a multiple of 4 (None: no polish). The network is convolutional up to its
+    # pooled pose head and runs on crops larger than it was trained on; there the flow matcher's cells are a
+    # smaller part of the object and pin its outline, and so its depth, finer (models/weights/README.md,
+    # session 32). A polish iteration costs about (polish area / input area) coarse ones
+    polish_size: tuple[int, int] | None = None
+    polish_iterations: int = 0
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
@@ -168,6 +175,13 @@ class DeepimNet(nn.Module):
             if not (cfg.flow_matcher_occlusion and cfg.flow_depth == "blend"):
                 raise ValueError("model.flow_depth_weight_hidden needs model.flow_matcher_occlusion: true and "
                                  "model.flow_depth: blend")
+        if cfg.polish_iterations < 0:
+            raise ValueError(f"model.polish_iterations: {cfg.polish_iterations} is negative")
+        if cfg.polish_iterations and cfg.polish_size is None:
+            raise ValueError("model.polish_iterations needs model.polish_size (H, W)")
+        if cfg.polish_size is not None and (len(cfg.polish_size) != 2 or any(v < 4 or v % 4 for v in cfg.polish_size)):
+            raise ValueError(f"model.polish_size: {cfg.polish_size} is not two positive multiples of 4 (H, W): "
+                             "the flow matcher's cells are 4 px")
         if cfg.flow_matcher:
             self.flow_matcher = FlowMatcher(cfg.flow_matcher_channels, cfg.flow_matcher_radius,
                                             cfg.flow_matcher_blocks, cfg.flow_matcher_refine,
