@@ -315,3 +315,41 @@ def test_report_error_medians_per_stage_and_table_block():
     block = table.split("ADD(-S) 0.1d with one part of the pose made exact")[1].splitlines()[2:]
     rows = {(r.split()[0], r.split()[1]): r.split()[2:] for r in block}
     assert rows[("ALL", "initial")] == ["0.000", "0.000", "0.000", "0.500"] and len(rows) == 4
+
+
+def test_report_recall_by_visible_fraction(tmp_path):
+    """Hand case: targets 20 % (found), 25 % (missed), 60 % (missed), 97 % and 100 % (both found) visible, and one
+    without a known visible fraction (found, counted in no bin): ADD(-S) 0.1d 0.5 under 30 %, 0 at 50-80 %, 1 at
+    >= 95 %; the bins without targets are left out of the summary and printed as '-'. The missed targets are of
+    another object, so that the greedy matching cannot hand them a found target's estimate."""
+    from conftest import REPO
+
+    from ros2_pose6d.estimation.types import PoseEstimate
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    a, b = registry.ids[:2]
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    ts = [np.array([0.3 * k - 0.75, 0.0, 1.0]) for k in range(6)]
+    vis = [0.2, 0.25, 0.6, 0.97, 1.0, None]
+    found = [True, False, False, True, True, True]
+    gts = [GtInstance(a if f else b, np.eye(3), t, visib_fract=v) for t, v, f in zip(ts, vis, found)]
+    estimates = [PoseEstimate(a, np.eye(3), t.copy()) for t, f in zip(ts, found) if f]
+    report = Report(image_width=320)
+    report.add_frame("refined", estimates, gts, K, registry)
+    expected = {"<30%": {"n": 2, "ADD(-S) 0.1d": 0.5}, "50-80%": {"n": 1, "ADD(-S) 0.1d": 0.0},
+                ">=95%": {"n": 2, "ADD(-S) 0.1d": 1.0}}
+    assert report.visibility_recalls("refined") == expected
+    assert report.visibility_summary() == {"refined": expected}
+    assert report.visibility_recalls("initial") == {}
+    block = report.table(registry).split("by the target's visible fraction")[1].splitlines()
+    assert block[1].split() == ["stage", "<30%", "30-50%", "50-80%", "80-95%", ">=95%"]
+    assert block[2].split() == ["ALL", "refined", "0.500", "(", "2)", "-", "0.000", "(", "1)", "-", "1.000", "(", "2)"]
+    plots = report.plots(tmp_path, registry)
+    assert (tmp_path / "by_visibility.png") in plots and (tmp_path / "by_visibility.png").stat().st_size > 0
+    # ground truth without visible fractions (a bag's, say): no block, no plot
+    bare = Report(image_width=320)
+    bare.add_frame("refined", estimates, [GtInstance(g.obj_id, g.R, g.t) for g in gts], K, registry)
+    assert bare.visibility_summary() == {} and "visible fraction" not in bare.table(registry)
+    assert len(bare.plots(tmp_path / "bare", registry)) == 3

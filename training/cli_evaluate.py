@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     plots = report.plots(args.out, registry)
     summary = {stage: report.summary(stage) for stage in report.targets}
     summary |= report.detection_summary()
+    if by_vis := report.visibility_summary():
+        summary["by visible fraction"] = by_vis
     if args.init == "perturbed":
         summary["perturbation"] = dict(zip(("rot_std_deg", "x_std", "y_std", "z_std"), perturb))
     summary["seconds_per_frame"] = float(np.mean(times)) if times else None

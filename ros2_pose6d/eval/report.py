@@ -42,6 +42,12 @@ class TargetResult:
     depth_err: float = math.nan  # translation error along the line of sight [m]
     # ADD(-S) [m] with the rotation, the lateral translation or the depth made exact (``add_with_exact_part``)
     add_exact: tuple[float, float, float] = (math.inf, math.inf, math.inf)
+    true_vis: float = math.nan  # the target's visible fraction, when the ground truth has one
+
+
+# visible-fraction bins of ``Report.visibility_recalls``: (label, lower bound, upper bound exclusive)
+VISIBILITY_BINS = (("<30%", 0.0, 0.3), ("30-50%", 0.3, 0.5), ("50-80%", 0.5, 0.8), ("80-95%", 0.8, 0.95),
+                   (">=95%", 0.95, math.inf))
 
 
 def _truth(g) -> tuple[int, float | None, np.ndarray | None]:
@@ -92,7 +98,7 @@ class Report:
                 continue
             obj = registry[gid]
             pts = obj.mesh.vertices[::points_step].astype(np.float64)
-            res = TargetResult(gid, obj.diameter)
+            res = TargetResult(gid, obj.diameter, true_vis=math.nan if true_vis is None else float(true_vis))
             best, best_i = math.inf, -1
             for i, e in enumerate(estimates):
                 if i in used or e.object_id != gid:
@@ -174,6 +180,22 @@ class Report:
             out[name] = float(np.mean(exact[:, k] < 0.1 * diam))
         return out
 
+    def visibility_recalls(self, stage: str) -> dict[str, dict[str, float]]:
+        """ADD(-S) 0.1d of the targets in each ``VISIBILITY_BINS`` bin of their true visible fraction (bins with no
+        target left out; targets without a known visible fraction counted in none): how a stage copes with
+        occlusion, which the overall number hides."""
+        rows = [r for r in self.targets.get(stage, []) if math.isfinite(r.true_vis)]
+        out = {}
+        for label, lo, hi in VISIBILITY_BINS:
+            sel = [r for r in rows if lo <= r.true_vis < hi]
+            if sel:
+                out[label] = {"n": len(sel), "ADD(-S) 0.1d": float(np.mean([r.add < 0.1 * r.diameter for r in sel]))}
+        return out
+
+    def visibility_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``visibility_recalls`` of every stage that has targets with a known visible fraction (for JSON reports)."""
+        return {stage: bins for stage in self.targets if (bins := self.visibility_recalls(stage))}
+
     def table(self, registry: ObjectRegistry) -> str:
         """Plain-text tables: the accuracy of each object and stage, then the overall rows; below, the
         median error parts of the matched targets, per object and stage."""
@@ -224,11 +246,21 @@ class Report:
                 m = self.exact_part_recalls(stage, obj_id)
                 if m:
                     lines.append(f"{name:<14}{stage:<10}" + "".join(cell(c, m[c]) for c in exact))
+        by_vis = self.visibility_summary()
+        if by_vis:
+            labels = [b[0] for b in VISIBILITY_BINS]
+            lines += ["", "ADD(-S) 0.1d by the target's visible fraction (targets in brackets):",
+                      f"{'':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in labels)]
+            for stage, bins in by_vis.items():
+                lines.append(f"{'ALL':<14}{stage:<10}" + "".join(
+                    f"{'-':>14}" if c not in bins else f"{bins[c]['ADD(-S) 0.1d']:>7.3f} ({bins[c]['n']:>4d})"
+                    for c in labels))
         return "\n".join(lines)
 
     def plots(self, out_dir: str | Path, registry: ObjectRegistry) -> list[Path]:
-        """recall_curves.png (ADD(-S) recall vs threshold per stage), per_object.png (bars) and exact_parts.png
-        (ADD(-S) 0.1d per stage as is and with the rotation, lateral translation or depth made exact)."""
+        """recall_curves.png (ADD(-S) recall vs threshold per stage), per_object.png (bars), exact_parts.png
+        (ADD(-S) 0.1d per stage as is and with the rotation, lateral translation or depth made exact) and, where
+        the ground truth has visible fractions, by_visibility.png (ADD(-S) 0.1d per visible-fraction bin)."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -256,7 +288,16 @@ class Report:
         exact = _grouped_bars(out_dir / "exact_parts.png", stages,
                               {part: [self.exact_part_recalls(st)[part] for st in stages] for part in parts},
                               "with one part of the pose made exact", max(6, len(stages) * 2.2))
-        return [curves, bars, exact]
+        by_vis = self.visibility_summary()
+        labels = [b[0] for b in VISIBILITY_BINS if any(b[0] in bins for bins in by_vis.values())]
+        if not labels:
+            return [curves, bars, exact]
+        counts = [max(bins[c]["n"] for bins in by_vis.values() if c in bins) for c in labels]
+        vis = _grouped_bars(out_dir / "by_visibility.png", [f"{c}\n({n} targets)" for c, n in zip(labels, counts)],
+                            {st: [bins[c]["ADD(-S) 0.1d"] if c in bins else 0.0 for c in labels]
+                             for st, bins in by_vis.items()},
+                            "by the target's visible fraction", max(6, len(labels) * 1.4))
+        return [curves, bars, exact, vis]
 
 
 def _grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], title: str, width_in: float,
