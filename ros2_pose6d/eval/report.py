@@ -198,7 +198,8 @@ class Report:
 
     def table(self, registry: ObjectRegistry) -> str:
         """Plain-text tables: the accuracy of each object and stage, then the overall rows; below, the
-        median error parts of the matched targets, per object and stage."""
+        median error parts of the matched targets and ADD(-S) 0.1d with one part made exact, per object and
+        stage, and (where the ground truth has visible fractions) ADD(-S) 0.1d per visible-fraction bin."""
         cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR", "vis MAE"]
 
         def cell(c: str, v: float) -> str:  # vis MAE has no value when no estimate matched a target: '-'
