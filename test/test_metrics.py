@@ -338,13 +338,13 @@ def test_report_recall_by_visible_fraction(tmp_path):
     estimates = [PoseEstimate(a, np.eye(3), t.copy()) for t, f in zip(ts, found) if f]
     report = Report(image_width=320)
     report.add_frame("refined", estimates, gts, K, registry)
-    expected = {"<30%": {"n": 2, "ADD(-S) 0.1d": 0.5}, "50-80%": {"n": 1, "ADD(-S) 0.1d": 0.0},
+    expected = {"10-30%": {"n": 2, "ADD(-S) 0.1d": 0.5}, "50-80%": {"n": 1, "ADD(-S) 0.1d": 0.0},
                 ">=95%": {"n": 2, "ADD(-S) 0.1d": 1.0}}
     assert report.visibility_recalls("refined") == expected
     assert report.visibility_summary() == {"refined": expected}
     assert report.visibility_recalls("initial") == {}
     block = report.table(registry).split("by the target's visible fraction")[1].splitlines()
-    assert block[1].split() == ["stage", "<30%", "30-50%", "50-80%", "80-95%", ">=95%"]
+    assert block[1].split() == ["stage", "10-30%", "30-50%", "50-80%", "80-95%", ">=95%"]
     assert block[2].split() == ["ALL", "refined", "0.500", "(", "2)", "-", "0.000", "(", "1)", "-", "1.000", "(", "2)"]
     plots = report.plots(tmp_path, registry)
     assert (tmp_path / "by_visibility.png") in plots and (tmp_path / "by_visibility.png").stat().st_size > 0
@@ -353,3 +353,34 @@ def test_report_recall_by_visible_fraction(tmp_path):
     bare.add_frame("refined", estimates, [GtInstance(g.obj_id, g.R, g.t) for g in gts], K, registry)
     assert bare.visibility_summary() == {} and "visible fraction" not in bare.table(registry)
     assert len(bare.plots(tmp_path / "bare", registry)) == 3
+
+
+def test_report_leaves_out_targets_too_hidden_to_estimate():
+    """BOP's rule: a target less than 10 % visible (by default) is no target. Hand case: 50 % visible and found,
+    5 % visible and missed, 0.5 visible found: recall 1 over 2 targets, 1 not counted (in the table and the
+    summary); with min_visib 0 all 3 count (recall 2/3) and the first bin is '<30%' again."""
+    from conftest import REPO
+
+    from ros2_pose6d.estimation.types import PoseEstimate
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    a, b = registry.ids[:2]
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    ts = [np.array([x, 0.0, 1.0]) for x in (-0.3, 0.0, 0.3)]
+    gts = [GtInstance(a, np.eye(3), ts[0], visib_fract=0.5), GtInstance(b, np.eye(3), ts[1], visib_fract=0.05),
+           GtInstance(a, np.eye(3), ts[2], visib_fract=0.5)]
+    estimates = [PoseEstimate(a, np.eye(3), ts[0].copy()), PoseEstimate(a, np.eye(3), ts[2].copy())]
+    report = Report(image_width=320)
+    report.add_frame("refined", estimates, gts, K, registry)
+    s = report.summary("refined")
+    assert s["n"] == 2 and s["ADD(-S) 0.1d"] == 1.0
+    assert report.too_hidden == {"refined": 1}
+    assert report.hidden_summary() == {"min_visib": 0.1, "targets not counted": {"refined": 1}}
+    assert "not counted, as less than 10 % visible (BOP's targets): 1 refined" in report.table(registry)
+    every = Report(image_width=320, min_visib=0.0)
+    every.add_frame("refined", estimates, gts, K, registry)
+    assert every.summary("refined")["n"] == 3 and every.summary("refined")["ADD(-S) 0.1d"] == 2 / 3
+    assert every.hidden_summary() == {} and "not counted" not in every.table(registry)
+    assert list(every.visibility_recalls("refined")) == ["<30%", "50-80%"]

@@ -509,7 +509,16 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "box AP50 (detector, detections scoring >= 0.05, class-wise NMS at IoU 0.7)" in r.stdout
     assert (out / "strict" / "results.csv").read_text().count("\n") == 1  # the header: no pose passed 1.01
-    assert json.loads((out / "strict" / "summary.json").read_text())["detected"]["ADD(-S) 0.1d"] == 0.0
+    strict = json.loads((out / "strict" / "summary.json").read_text())
+    assert strict["detected"]["ADD(-S) 0.1d"] == 0.0
+    # --min-visib 0: the targets under 10 % visible (BOP's rule, the default) count too
+    r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
+             str(tmp_path / "detector" / "final.safetensors"), "--refiner", "none", "--min-visib", "0",
+             "--max-frames", "2", "--out", str(out / "every"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    every = json.loads((out / "every" / "summary.json").read_text())
+    hidden = strict.get("targets not counted", {}).get("detected", 0)
+    assert every["detected"]["n"] == strict["detected"]["n"] + hidden and "targets not counted" not in every
     # --perturb 0,0,0,0 starts at the truth: every start is correct and the refiner's drift is what it adds
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--init", "perturbed", "--perturb", "0,0,0,0",
              "--refiner", "deepim", "--deepim", str(tmp_path / "deepim" / "final.safetensors"), "--max-frames", "2",
@@ -524,6 +533,7 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     for bad, message in ((["--perturb", "15,0.01"], "is not four finite non-negative numbers"),
                          (["--perturb", "15,0.01,0.01,-1"], "is not four finite non-negative numbers"),
                          (["--perturb", "15,0.01,0.01,inf"], "is not four finite non-negative numbers"),
+                         (["--min-visib", "1.5"], "expected a visible fraction in [0, 1]"),
                          (["--detector", "d.safetensors", "--perturb", "1,0,0,0"], "--perturb sets the starts")):
         r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--refiner", "none", *bad)
         assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -30,6 +30,17 @@ def perturbation(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def fraction(text: str) -> float:
+    """argparse type of --min-visib: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a visible fraction in [0, 1], got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose6d-evaluate", description=__doc__)
     p.add_argument("split", type=Path, help="BOP split folder (scenes inside), synthetic or real")
@@ -50,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ap-threshold", type=float, default=0.05,
                    help="box AP50 ranks every detection scoring at least this (AP measures the ranking, so it "
                         "is not cut at --score-threshold; as the 0.05 of common detection benchmarks)")
+    p.add_argument("--min-visib", type=fraction, default=0.1,
+                   help="ground truth less visible than this is no target: not counted in the pose metrics nor "
+                        "expected by box AP50 (default 0.1, BOP's rule; 0 counts every instance)")
     p.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
     p.add_argument("--perturb", type=perturbation, metavar="DEG,X,Y,Z",
                    help="with --init perturbed: std of the rotation angle about a random axis [deg] and of the "
@@ -74,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     registry = load_registry(args)
-    report = Report()
+    report = Report(min_visib=args.min_visib)
     if args.init == "detector" and args.detector is None:
         raise ValueError("--init detector needs --detector WEIGHTS")
     if args.init == "detector" and args.perturb is not None:
@@ -142,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     summary |= report.detection_summary()
     if by_vis := report.visibility_summary():
         summary["by visible fraction"] = by_vis
+    summary |= report.hidden_summary()
     if args.init == "perturbed":
         summary["perturbation"] = dict(zip(("rot_std_deg", "x_std", "y_std", "z_std"), perturb))
     summary["seconds_per_frame"] = float(np.mean(times)) if times else None

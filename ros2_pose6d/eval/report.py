@@ -67,7 +67,10 @@ class Report:
     targets: dict[str, list[TargetResult]] = field(default_factory=dict)
     image_width: int = 640
     detection: DetectionAP = field(default_factory=DetectionAP)
-    min_visib: float = 0.1  # ground truth less visible than this is not expected to be detected
+    # ground truth less visible than this is no target (BOP's rule, visib_gt_min 0.1): not expected to be detected
+    # (AP50) and not counted in the pose metrics, as no image shows enough of it to estimate a pose from
+    min_visib: float = 0.1
+    too_hidden: dict[str, int] = field(default_factory=dict)  # per stage: targets left out under ``min_visib``
     ap_min_score: float | None = None  # the score the detections ranked for AP50 were cut at, when known
     ap_nms_iou: float | None = None  # the detector's duplicate suppression IoU, when known
 
@@ -89,12 +92,17 @@ class Report:
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
                   points_step: int = 5) -> None:
         """Match ``estimates`` (PoseEstimates) to ``gts`` (objects with obj_id, R, t) of one frame: per object
-        id, greedily by ADD(-S), one estimate per target."""
+        id, greedily by ADD(-S), one estimate per target. Targets known to be less visible than ``min_visib``
+        are counted in ``too_hidden`` instead (an estimate of one is neither right nor wrong)."""
         out = self.targets.setdefault(stage, [])
+        self.too_hidden.setdefault(stage, 0)
         used: set[int] = set()
         for g in gts:
             gid, true_vis, _ = _truth(g)
             if gid not in registry.ids:
+                continue
+            if true_vis is not None and true_vis < self.min_visib:
+                self.too_hidden[stage] += 1
                 continue
             obj = registry[gid]
             pts = obj.mesh.vertices[::points_step].astype(np.float64)
@@ -186,18 +194,33 @@ class Report:
         occlusion, which the overall number hides."""
         rows = [r for r in self.targets.get(stage, []) if math.isfinite(r.true_vis)]
         out = {}
-        for label, lo, hi in VISIBILITY_BINS:
+        for label, lo, hi in self.visibility_bins():
             sel = [r for r in rows if lo <= r.true_vis < hi]
             if sel:
                 out[label] = {"n": len(sel), "ADD(-S) 0.1d": float(np.mean([r.add < 0.1 * r.diameter for r in sel]))}
         return out
+
+    def visibility_bins(self) -> tuple[tuple[str, float, float], ...]:
+        """``VISIBILITY_BINS``, the first one named from ``min_visib`` up (the targets below are not counted)."""
+        (label, lo, hi), *rest = VISIBILITY_BINS
+        if self.min_visib > lo:
+            label = f"{self.min_visib * 100:g}-{hi * 100:g}%"
+        return ((label, lo, hi), *rest)
+
+    def hidden_summary(self) -> dict[str, float | dict[str, int]]:
+        """For JSON reports: ``min_visib`` and, per stage, how many targets were left out under it (empty when
+        none was)."""
+        if not any(self.too_hidden.values()):
+            return {}
+        return {"min_visib": self.min_visib, "targets not counted": dict(self.too_hidden)}
 
     def visibility_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``visibility_recalls`` of every stage that has targets with a known visible fraction (for JSON reports)."""
         return {stage: bins for stage in self.targets if (bins := self.visibility_recalls(stage))}
 
     def table(self, registry: ObjectRegistry) -> str:
-        """Plain-text tables: the accuracy of each object and stage, then the overall rows; below, the
+        """Plain-text tables: the accuracy of each object and stage, then the overall rows and how many targets
+        were too hidden to count (``min_visib``), the detector's box AP50; below, the
         median error parts of the matched targets and ADD(-S) 0.1d with one part made exact, per object and
         stage, and (where the ground truth has visible fractions) ADD(-S) 0.1d per visible-fraction bin."""
         cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR", "vis MAE"]
@@ -215,6 +238,9 @@ class Report:
             s = self.summary(stage)
             if s:
                 lines.append(f"{'ALL':<14}{stage:<10}" + "".join(cell(c, s[c]) for c in cols))
+        if any(self.too_hidden.values()):
+            counts = ", ".join(f"{n} {stage}" for stage, n in self.too_hidden.items())
+            lines.append(f"not counted, as less than {self.min_visib * 100:g} % visible (BOP's targets): {counts}")
         if self.detection.num_gt:
             mean, per = self.detection.ap50()
             ranked = "" if self.ap_min_score is None else f", detections scoring >= {self.ap_min_score:g}"
@@ -249,7 +275,7 @@ class Report:
                     lines.append(f"{name:<14}{stage:<10}" + "".join(cell(c, m[c]) for c in exact))
         by_vis = self.visibility_summary()
         if by_vis:
-            labels = [b[0] for b in VISIBILITY_BINS]
+            labels = [b[0] for b in self.visibility_bins()]
             lines += ["", "ADD(-S) 0.1d by the target's visible fraction (targets in brackets):",
                       f"{'':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in labels)]
             for stage, bins in by_vis.items():
@@ -290,7 +316,7 @@ class Report:
                               {part: [self.exact_part_recalls(st)[part] for st in stages] for part in parts},
                               "with one part of the pose made exact", max(6, len(stages) * 2.2))
         by_vis = self.visibility_summary()
-        labels = [b[0] for b in VISIBILITY_BINS if any(b[0] in bins for bins in by_vis.values())]
+        labels = [b[0] for b in self.visibility_bins() if any(b[0] in bins for bins in by_vis.values())]
         if not labels:
             return [curves, bars, exact]
         counts = [max(bins[c]["n"] for bins in by_vis.values() if c in bins) for c in labels]
