@@ -495,6 +495,11 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     assert 0 <= summary["refined"]["ADD(-S) 0.1d"] <= 1 and summary["initial"]["n"] == summary["refined"]["n"]
     assert (out / "results.csv").is_file() and (out / "recall_curves.png").is_file()
     assert (out / "exact_parts.png").is_file() and "exact depth" in r.stdout
+    # the gallery: the frames whose refined poses missed (up to the default 6; 3 frames here), named by rank
+    missed = summary["refined"]["ADD(-S) 0.1d"] < 1
+    pictures = sorted(p.name for p in (out / "gallery").glob("*.png")) if missed else []
+    assert (1 <= len(pictures) <= 3) if missed else not (out / "gallery").exists()
+    assert all(name.startswith(f"{k:02d}_") for k, name in enumerate(pictures, 1))
     assert all(0 <= summary[st][f"ADD(-S) 0.1d exact {k}"] <= 1 for st in ("initial", "refined")
                for k in ("rot", "lateral", "depth"))
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",

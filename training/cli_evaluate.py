@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ground truth less visible than this is no target: not counted in the pose metrics nor "
                         "expected by box AP50 (default 0.1, BOP's rule; 0 counts every instance)")
     p.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
+    p.add_argument("--gallery", type=int, default=6, metavar="N",
+                   help="pictures of the N frames with the most targets missed at ADD(-S) 0.1d, each stage's poses "
+                        "beside the next over the ground truth's white outlines, in --out/gallery (0: none)")
     p.add_argument("--perturb", type=perturbation, metavar="DEG,X,Y,Z",
                    help="with --init perturbed: std of the rotation angle about a random axis [deg] and of the "
                         "translation along x, y, z [m] (default DeepIM's 15,0.01,0.01,0.05; 0,0,0,0 starts at "
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.eval.bop_csv import BopResult, write_bop_csv
     from ros2_pose6d.eval.report import Report
     from ros2_pose6d.io.bop import read_bop_split
+    from ros2_pose6d.viz.gallery import WorstFrames
+    from ros2_pose6d.viz.overlay import OverlayDrawer
 
     args = parse_args(argv)
     registry = load_registry(args)
@@ -115,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if not frames:
         raise ValueError(f"{args.split}: no frames")
     gen = torch.Generator().manual_seed(args.seed)
+    start_stage = "initial" if args.init == "perturbed" else "detected"
+    stages = [start_stage] + (["refined"] if args.refiner != "none" else [])
+    worst = WorstFrames(args.gallery)
     csv_rows = []
     times = []
     first = True
@@ -140,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
                      for k, g in enumerate(gts)]
             final = pipe.refine(frame, start)
         times.append(time.perf_counter() - t0)
-        report.add_frame("initial" if args.init == "perturbed" else "detected", start, gts, bf.K, registry)
+        counted = {st: len(report.targets.get(st, [])) for st in stages}
+        report.add_frame(start_stage, start, gts, bf.K, registry)
         if args.init == "detector":
             report.add_detections(ranked, gts)
         if args.refiner != "none":
             report.add_frame("refined", final, gts, bf.K, registry)
+        passed = {st: [r.add < 0.1 * r.diameter for r in report.targets[st][counted[st]:]] for st in stages}
+        worst.offer(f"{scene.scene_id:06d}_{im_id:06d}", passed[stages[-1]].count(False), bf.rgb, bf.K,
+                    [PoseEstimate(g.obj_id, g.R, g.t) for g in gts], dict(zip(stages, (start, final))),
+                    {st: f"{sum(ok)} of {len(ok)} within 0.1d" for st, ok in passed.items()})
         csv_rows += [BopResult(scene.scene_id, im_id, e.object_id, e.score, e.R, e.t, times[-1]) for e in final]
     args.out.mkdir(parents=True, exist_ok=True)
     table = report.table(registry)
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "table.txt").write_text(table + "\n")
     write_bop_csv(args.out / "results.csv", csv_rows)
     plots = report.plots(args.out, registry)
+    plots += worst.write(args.out / "gallery", OverlayDrawer(registry))
     summary = {stage: report.summary(stage) for stage in report.targets}
     summary |= report.detection_summary()
     if by_vis := report.visibility_summary():
