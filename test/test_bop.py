@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import LMO
 
-from ros2_pose6d.io.bop import BopError, BopScene, read_bop_split
+from ros2_pose6d.io.bop import BopError, BopScene, GtInstance, bop_target_mask, read_bop_split, read_bop_targets
 
 
 def make_scene(root: Path, n_images=2, mismatch=False) -> Path:
@@ -84,3 +84,28 @@ def test_real_lmo_frames():
         for g in f.gt:
             assert 0.3 < g.t[2] < 2.0  # metres
             assert np.allclose(g.R @ g.R.T, np.eye(3), atol=1e-9)  # projected onto SO(3)
+
+
+def test_bop_targets_file_and_the_most_visible_instances(tmp_path):
+    """A targets file as {(scene, image): {object: count}} (repeated rows add up); per object the inst_count most
+    visible instances are the targets; a bad file is one readable error naming it."""
+    path = tmp_path / "test_targets_bop19.json"
+    path.write_text(json.dumps([{"im_id": 3, "inst_count": 1, "obj_id": 1, "scene_id": 2},
+                                {"im_id": 3, "inst_count": 2, "obj_id": 5, "scene_id": 2},
+                                {"im_id": 4, "inst_count": 1, "obj_id": 5, "scene_id": 2},
+                                {"im_id": 4, "inst_count": 1, "obj_id": 5, "scene_id": 2}]))
+    assert read_bop_targets(path) == {(2, 3): {1: 1, 5: 2}, (2, 4): {5: 2}}
+    gts = [GtInstance(obj, np.eye(3), np.zeros(3), visib_fract=v)
+           for obj, v in ((5, 0.3), (5, 0.9), (5, 0.05), (1, 0.02), (7, 1.0))]
+    assert bop_target_mask(gts, {1: 1, 5: 2}) == [True, True, False, True, False]
+    assert bop_target_mask(gts, {5: 1}) == [False, True, False, False, False]
+    unknown = [GtInstance(5, np.eye(3), np.zeros(3), visib_fract=0.5), GtInstance(5, np.eye(3), np.zeros(3))]
+    assert bop_target_mask(unknown, {5: 1}) == [False, True]  # an unknown visible fraction counts as full view
+    for text, message in (("[", "not a JSON targets file"), ("{}", "expected a list of targets"), ("[]", "no targets"),
+                          ('[{"im_id": 3}]', "target 0 is not"),
+                          ('[{"im_id": 3, "inst_count": 0, "obj_id": 1, "scene_id": 2}]', "inst_count 0")):
+        path.write_text(text)
+        with pytest.raises(BopError, match=message):
+            read_bop_targets(path)
+    with pytest.raises(BopError, match="targets file not found"):
+        read_bop_targets(tmp_path / "missing.json")

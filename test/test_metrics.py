@@ -384,3 +384,9 @@ def test_report_leaves_out_targets_too_hidden_to_estimate():
     assert every.summary("refined")["n"] == 3 and every.summary("refined")["ADD(-S) 0.1d"] == 2 / 3
     assert every.hidden_summary() == {} and "not counted" not in every.table(registry)
     assert list(every.visibility_recalls("refined")) == ["<30%", "50-80%"]
+    # a BOP targets file decides instead: here the hidden instance is named and a visible one is not
+    named = Report(image_width=320, targets_file="test_targets_bop19.json")
+    named.add_frame("refined", estimates, gts, K, registry, targets=[False, True, True])
+    assert named.summary("refined")["n"] == 2 and named.summary("refined")["ADD(-S) 0.1d"] == 0.5
+    assert named.hidden_summary() == {"targets file": "test_targets_bop19.json", "targets not counted": {"refined": 1}}
+    assert "not counted, as not among the targets of test_targets_bop19.json: 1 refined" in named.table(registry)

@@ -516,6 +516,18 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     assert (out / "strict" / "results.csv").read_text().count("\n") == 1  # the header: no pose passed 1.01
     strict = json.loads((out / "strict" / "summary.json").read_text())
     assert strict["detected"]["ADD(-S) 0.1d"] == 0.0
+    # --targets: a BOP targets file names the images and instances: here one instance of the first image
+    first = json.loads((split / "000000" / "scene_gt.json").read_text())
+    im = min(first, key=int)
+    (out / "targets.json").write_text(json.dumps([{"scene_id": 0, "im_id": int(im), "inst_count": 1,
+                                                   "obj_id": first[im][0]["obj_id"]}]))
+    r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
+             str(tmp_path / "detector" / "final.safetensors"), "--refiner", "none", "--targets",
+             str(out / "targets.json"), "--out", str(out / "named"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    named = json.loads((out / "named" / "summary.json").read_text())
+    assert named["detected"]["n"] == 1 and named["targets file"] == "targets.json"
+    assert named.get("targets not counted", {"detected": 0})["detected"] == len(first[im]) - 1
     # --min-visib 0: the targets under 10 % visible (BOP's rule, the default) count too
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
              str(tmp_path / "detector" / "final.safetensors"), "--refiner", "none", "--min-visib", "0",
@@ -539,6 +551,8 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
                          (["--perturb", "15,0.01,0.01,-1"], "is not four finite non-negative numbers"),
                          (["--perturb", "15,0.01,0.01,inf"], "is not four finite non-negative numbers"),
                          (["--min-visib", "1.5"], "expected a visible fraction in [0, 1]"),
+                         (["--targets", "t.json", "--min-visib", "0"], "leave out --min-visib"),
+                         (["--targets", "missing.json"], "targets file not found"),
                          (["--detector", "d.safetensors", "--perturb", "1,0,0,0"], "--perturb sets the starts")):
         r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--refiner", "none", *bad)
         assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -61,9 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ap-threshold", type=float, default=0.05,
                    help="box AP50 ranks every detection scoring at least this (AP measures the ranking, so it "
                         "is not cut at --score-threshold; as the 0.05 of common detection benchmarks)")
-    p.add_argument("--min-visib", type=fraction, default=0.1,
+    p.add_argument("--min-visib", type=fraction,
                    help="ground truth less visible than this is no target: not counted in the pose metrics nor "
                         "expected by box AP50 (default 0.1, BOP's rule; 0 counts every instance)")
+    p.add_argument("--targets", type=Path, metavar="JSON",
+                   help="a BOP test-targets file (such as <dataset>/test_targets_bop19.json): evaluate only the "
+                        "images it lists, and there only the instances it names (per object its inst_count most "
+                        "visible ones), as BOP does; instead of --min-visib")
     p.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
     p.add_argument("--gallery", type=int, default=6, metavar="N",
                    help="pictures of the N frames with the most targets missed at ADD(-S) 0.1d, each stage's poses "
@@ -87,13 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.estimation.types import Frame, PoseEstimate
     from ros2_pose6d.eval.bop_csv import BopResult, write_bop_csv
     from ros2_pose6d.eval.report import Report
-    from ros2_pose6d.io.bop import read_bop_split
+    from ros2_pose6d.io.bop import bop_target_mask, read_bop_split, read_bop_targets
     from ros2_pose6d.viz.gallery import WorstFrames
     from ros2_pose6d.viz.overlay import OverlayDrawer
 
     args = parse_args(argv)
     registry = load_registry(args)
-    report = Report(min_visib=args.min_visib)
+    if args.targets is not None and args.min_visib is not None:
+        raise ValueError("--targets names the targets itself; leave out --min-visib")
+    targets = read_bop_targets(args.targets) if args.targets is not None else None
+    report = Report(min_visib=0.1 if args.min_visib is None else args.min_visib,
+                    targets_file=None if targets is None else args.targets.name)
     if args.init == "detector" and args.detector is None:
         raise ValueError("--init detector needs --detector WEIGHTS")
     if args.init == "detector" and args.perturb is not None:
@@ -116,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         refiner = build_refiner(args.refiner, {"deepim": args.deepim, "nemo": args.nemo}, registry, args.device)
         pipe = Pipeline(registry, None, refiner, args.iterations, visibility="refiner")
     scenes = read_bop_split(args.split, load_depth=False)
-    frames = [(s, i) for s in scenes for i in s.im_ids][: args.max_frames]
+    frames = [(s, i) for s in scenes for i in s.im_ids if targets is None or (s.scene_id, i) in targets]
+    frames = frames[: args.max_frames]
     if not frames:
-        raise ValueError(f"{args.split}: no frames")
+        raise ValueError(f"{args.split}: no frames" + ("" if targets is None else f" among those {args.targets} lists"))
     gen = torch.Generator().manual_seed(args.seed)
     start_stage = "initial" if args.init == "perturbed" else "detected"
     stages = [start_stage] + (["refined"] if args.refiner != "none" else [])
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             first = False
         frame = Frame(bf.rgb, bf.K)
         gts = [g for g in bf.gt if g.obj_id in registry.ids]
+        is_target = None if targets is None else bop_target_mask(gts, targets[(scene.scene_id, im_id)])
         t0 = time.perf_counter()
         if args.init == "detector":
             ranked = pipe.detector.detect(frame)
@@ -149,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             final = pipe.refine(frame, start)
         times.append(time.perf_counter() - t0)
         counted = {st: len(report.targets.get(st, [])) for st in stages}
-        report.add_frame(start_stage, start, gts, bf.K, registry)
+        report.add_frame(start_stage, start, gts, bf.K, registry, targets=is_target)
         if args.init == "detector":
-            report.add_detections(ranked, gts)
+            report.add_detections(ranked, gts, targets=is_target)
         if args.refiner != "none":
-            report.add_frame("refined", final, gts, bf.K, registry)
+            report.add_frame("refined", final, gts, bf.K, registry, targets=is_target)
         passed = {st: [r.add < 0.1 * r.diameter for r in report.targets[st][counted[st]:]] for st in stages}
         worst.offer(f"{scene.scene_id:06d}_{im_id:06d}", passed[stages[-1]].count(False), bf.rgb, bf.K,
                     [PoseEstimate(g.obj_id, g.R, g.t) for g in gts], dict(zip(stages, (start, final))),

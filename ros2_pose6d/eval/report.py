@@ -5,6 +5,7 @@ table and draw recall curves and per-object bars. Shared by ``evaluate``, bag re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,19 +71,25 @@ class Report:
     # ground truth less visible than this is no target (BOP's rule, visib_gt_min 0.1): not expected to be detected
     # (AP50) and not counted in the pose metrics, as no image shows enough of it to estimate a pose from
     min_visib: float = 0.1
-    too_hidden: dict[str, int] = field(default_factory=dict)  # per stage: targets left out under ``min_visib``
+    # or the instances a BOP targets file names (``add_frame``'s ``targets``; this names the file), visible or not
+    targets_file: str | None = None
+    too_hidden: dict[str, int] = field(default_factory=dict)  # per stage: instances left out as no target
     ap_min_score: float | None = None  # the score the detections ranked for AP50 were cut at, when known
     ap_nms_iou: float | None = None  # the detector's duplicate suppression IoU, when known
 
-    def add_detections(self, estimates, gts) -> None:
+    def _is_target(self, vis: float | None, targets: Sequence[bool] | None, k: int) -> bool:
+        return bool(targets[k]) if targets is not None else vis is None or vis >= self.min_visib
+
+    def add_detections(self, estimates, gts, targets: Sequence[bool] | None = None) -> None:
         """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50; instances
-        less visible than ``min_visib`` are ignored (finding one is neither a hit nor a false positive)."""
+        that are no target (less visible than ``min_visib``, or False in ``targets``, one per gt) are ignored
+        (finding one is neither a hit nor a false positive)."""
         truth, ignore = [], []
-        for g in gts:
+        for k, g in enumerate(gts):
             obj_id, vis, xyxy = _truth(g)
             if xyxy is None or xyxy[2] <= xyxy[0]:
                 continue
-            if vis is not None and vis < self.min_visib:
+            if not self._is_target(vis, targets, k):
                 ignore.append((obj_id, xyxy))
             else:
                 truth.append((obj_id, xyxy, vis))
@@ -90,18 +97,19 @@ class Report:
                            truth, ignore)
 
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
-                  points_step: int = 5) -> None:
+                  points_step: int = 5, targets: Sequence[bool] | None = None) -> None:
         """Match ``estimates`` (PoseEstimates) to ``gts`` (objects with obj_id, R, t) of one frame: per object
-        id, greedily by ADD(-S), one estimate per target. Targets known to be less visible than ``min_visib``
-        are counted in ``too_hidden`` instead (an estimate of one is neither right nor wrong)."""
+        id, greedily by ADD(-S), one estimate per target. Instances that are no target (known to be less visible
+        than ``min_visib``, or, where ``targets`` is given, one bool per gt, False there) are counted in
+        ``too_hidden`` instead (an estimate of one is neither right nor wrong)."""
         out = self.targets.setdefault(stage, [])
         self.too_hidden.setdefault(stage, 0)
         used: set[int] = set()
-        for g in gts:
+        for k, g in enumerate(gts):
             gid, true_vis, _ = _truth(g)
             if gid not in registry.ids:
                 continue
-            if true_vis is not None and true_vis < self.min_visib:
+            if not self._is_target(true_vis, targets, k):
                 self.too_hidden[stage] += 1
                 continue
             obj = registry[gid]
@@ -203,16 +211,17 @@ class Report:
     def visibility_bins(self) -> tuple[tuple[str, float, float], ...]:
         """``VISIBILITY_BINS``, the first one named from ``min_visib`` up (the targets below are not counted)."""
         (label, lo, hi), *rest = VISIBILITY_BINS
-        if self.min_visib > lo:
+        if self.min_visib > lo and not self.targets_file:
             label = f"{self.min_visib * 100:g}-{hi * 100:g}%"
         return ((label, lo, hi), *rest)
 
     def hidden_summary(self) -> dict[str, float | dict[str, int]]:
-        """For JSON reports: ``min_visib`` and, per stage, how many targets were left out under it (empty when
-        none was)."""
-        if not any(self.too_hidden.values()):
+        """For JSON reports: the rule (``min_visib`` or the targets file) and, per stage, how many instances it left
+        out (empty when ``min_visib`` left out none)."""
+        if not any(self.too_hidden.values()) and not self.targets_file:
             return {}
-        return {"min_visib": self.min_visib, "targets not counted": dict(self.too_hidden)}
+        rule = {"targets file": self.targets_file} if self.targets_file else {"min_visib": self.min_visib}
+        return rule | {"targets not counted": dict(self.too_hidden)}
 
     def visibility_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``visibility_recalls`` of every stage that has targets with a known visible fraction (for JSON reports)."""
@@ -240,7 +249,9 @@ class Report:
                 lines.append(f"{'ALL':<14}{stage:<10}" + "".join(cell(c, s[c]) for c in cols))
         if any(self.too_hidden.values()):
             counts = ", ".join(f"{n} {stage}" for stage, n in self.too_hidden.items())
-            lines.append(f"not counted, as less than {self.min_visib * 100:g} % visible (BOP's targets): {counts}")
+            why = f"not among the targets of {self.targets_file}" if self.targets_file else \
+                f"less than {self.min_visib * 100:g} % visible (BOP's targets)"
+            lines.append(f"not counted, as {why}: {counts}")
         if self.detection.num_gt:
             mean, per = self.detection.ap50()
             ranked = "" if self.ap_min_score is None else f", detections scoring >= {self.ap_min_score:g}"

@@ -155,3 +155,42 @@ def read_bop_split(split_dir: str | Path, scene_ids: list[int] | None = None, **
     if not dirs:
         raise BopError(f"{split_dir}: no scene folders (expected <split>/000001/ ...)")
     return [BopScene(d, **kwargs) for d in dirs]
+
+
+def read_bop_targets(path: str | Path) -> dict[tuple[int, int], dict[int, int]]:
+    """A BOP test-targets file (``test_targets_bop19.json``: a list of {scene_id, im_id, obj_id, inst_count}) as
+    {(scene_id, im_id): {obj_id: inst_count}}: the images BOP evaluates and, in each, how many instances of an object
+    are targets (its most visible ones)."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BopError(f"{path}: targets file not found") from None
+    except (OSError, ValueError) as e:
+        raise BopError(f"{path}: not a JSON targets file ({e})") from None
+    if not isinstance(rows, list):
+        raise BopError(f"{path}: expected a list of targets, got {type(rows).__name__}")
+    out: dict[tuple[int, int], dict[int, int]] = {}
+    for k, row in enumerate(rows):
+        try:
+            key, obj, count = (int(row["scene_id"]), int(row["im_id"])), int(row["obj_id"]), int(row["inst_count"])
+        except (TypeError, KeyError, ValueError):
+            raise BopError(f"{path}: target {k} is not {{scene_id, im_id, obj_id, inst_count}}: {row!r}") from None
+        if count < 1:
+            raise BopError(f"{path}: target {k} has inst_count {count}")
+        out.setdefault(key, {})[obj] = out.get(key, {}).get(obj, 0) + count
+    if not out:
+        raise BopError(f"{path}: no targets")
+    return out
+
+
+def bop_target_mask(gts: list[GtInstance], counts: dict[int, int]) -> list[bool]:
+    """Which of an image's ground-truth instances are BOP targets: per object, the ``counts[obj_id]`` most visible
+    (by ``visib_fract``; unknown counts as fully visible; ties keep the ground truth's order)."""
+    keep = [False] * len(gts)
+    for obj, n in counts.items():
+        idx = [i for i, g in enumerate(gts) if g.obj_id == obj]
+        idx.sort(key=lambda i: -(1.0 if gts[i].visib_fract is None else gts[i].visib_fract))
+        for i in idx[:n]:
+            keep[i] = True
+    return keep
