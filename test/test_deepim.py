@@ -622,3 +622,64 @@ def test_shipped_demo_deepim_sees_how_much_of_each_object_is_visible(tmp_path):
     assert len(said) >= 8 and (true < 0.9).sum() >= 2, true
     mae = float(np.abs(said - true).mean())
     assert mae < 0.15 and mae < float(np.abs(1.0 - true).mean()), (said, true)
+
+
+def test_occluder_depth_renders_the_other_objects_of_the_same_frame(registry, renderer):
+    """occluder_depth: in each object's crop the nearest other object of its group at its current pose, inf where
+    none; objects of other groups (frames) and the object itself never count."""
+    from ros2_pose6d.estimation.deepim_refiner import FrameObjects, occluder_depth
+
+    R = torch.eye(3).repeat(3, 1, 1)
+    t = torch.tensor([[0.0, 0.0, 0.8], [0.0, 0.0, 0.5], [0.0, 0.0, 0.4]])
+    objects = FrameObjects(torch.tensor([0, 1, 2]), R, t, torch.tensor([0, 0, 1]), torch.full((3,), 0.1))
+    depth = occluder_depth(renderer, objects, torch.tensor([0, 1, 2]), K.expand(3, 3, 3), (240, 320))
+    alone = renderer.render(torch.tensor([0, 1]), R[:2], t[:2], K.expand(2, 3, 3), RasterSettings(240, 320),
+                            shade=False)
+    m1, m0 = alone.mask[1], alone.mask[0]
+    assert torch.isfinite(depth[0]).equal(m1)  # object 0 sees object 1 only (2 is of another frame)
+    torch.testing.assert_close(depth[0][m1], alone.depth[1][m1])
+    assert torch.isfinite(depth[1]).equal(m0)  # and 1 sees 0 (behind it: not hiding it, which deepim_step checks)
+    assert not torch.isfinite(depth[2]).any()  # alone in its frame
+    one = occluder_depth(renderer, objects, torch.tensor([1]), K[None], (240, 320))
+    torch.testing.assert_close(one, depth[1:2])
+    # a second estimate of object 0 within half its diameter of the first is the same instance, not an occluder;
+    # one a diameter nearer is another instance
+    for dz, hides in ((-0.04, False), (-0.1, True)):
+        twin = FrameObjects(torch.tensor([0, 0]), R[:2], torch.tensor([[0.0, 0.0, 0.8], [0.0, 0.0, 0.8 + dz]]),
+                            torch.tensor([0, 0]), torch.full((2,), 0.1))
+        assert torch.isfinite(occluder_depth(renderer, twin, torch.tensor([0]), K[None], (240, 320))).any() == hides
+
+
+def test_mutual_occlusion_leaves_the_cells_a_nearer_object_covers_out_of_the_pose(registry, renderer, monkeypatch):
+    """mutual_occlusion: the far object's cells that the near one covers get no weight in the solved pose; its
+    other cells and the near object's keep theirs; off, nothing changes."""
+    import ros2_pose6d.estimation.deepim_refiner as deepim_refiner
+
+    frame = Frame(np.zeros((240, 320, 3), np.uint8), K.numpy())
+    starts = [PoseEstimate(1, np.eye(3), np.array([0.0, 0.0, 0.8])),
+              PoseEstimate(2, np.eye(3), np.array([0.01, 0.0, 0.5]))]
+    cfg = replace(TINY, flow_matcher=True, flow_matcher_channels=8, flow_matcher_radius=2, flow_matcher_blocks=0,
+                  flow_matcher_refine=1, iterations=1, pose_from_flow=True, flow_min_confidence=0.0)
+    seen = {}
+
+    def spy(R, t, depth, mask, K_crop, flow, confidence, min_confidence=0.5, weights=None, **kwargs):
+        seen["weights"], seen["confidence"], seen["mask"], seen["depth"], seen["K"] = \
+            weights, confidence, mask, depth, K_crop
+        return pose_from_flow(R, t, depth, mask, K_crop, flow, confidence, min_confidence, weights=weights, **kwargs)
+
+    pose_from_flow = deepim_refiner.pose_from_flow
+    monkeypatch.setattr(deepim_refiner, "pose_from_flow", spy)
+    DeepimRefiner(DeepimNet(cfg), registry).refine(frame, starts)
+    assert seen["weights"] is None  # off: the matcher's confidence alone
+    DeepimRefiner(DeepimNet(replace(cfg, mutual_occlusion=True)), registry).refine(frame, starts)
+    w, conf = seen["weights"], seen["confidence"]
+    # the near object rendered into the far one's crop, as the refiner's crops place it
+    near = renderer.render(torch.tensor([registry.index(2)]), torch.eye(3)[None], torch.tensor([[0.01, 0.0, 0.5]]),
+                           seen["K"][:1], RasterSettings(*seen["depth"].shape[-2:]), shade=False)
+    covered = torch.nn.functional.avg_pool2d(
+        (near.mask[0] & (seen["mask"][0, 0] > 0) & (near.depth[0] < seen["depth"][0] - 0.005)).float()[None, None],
+        seen["depth"].shape[-1] // w.shape[-1])[0, 0] >= 0.5
+    assert covered.any() and (~covered).any()
+    assert (w[0][covered] == 0).all()
+    torch.testing.assert_close(w[0][~covered], conf[0][~covered])
+    torch.testing.assert_close(w[1], conf[1])  # nothing nearer hides the near object

@@ -5,6 +5,7 @@ the flow matcher's occlusion head the refined estimates also carry a visibility 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -26,9 +27,11 @@ from ros2_pose6d.nets.backbone import normalise_images
 from ros2_pose6d.nets.checkpoint import load_weights, read_model_config
 from ros2_pose6d.nets.deepim import DeepimConfig, DeepimNet
 from ros2_pose6d.objects.registry import ObjectRegistry
+from ros2_pose6d.render.rasterize import RasterSettings
 from ros2_pose6d.render.renderer import MeshRenderer
 
 ARCH = "deepim"
+OCCLUDER_MARGIN_M = 0.005  # another object hides a pixel when rendered this much nearer
 
 
 def crop_focal(K_crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
@@ -38,14 +41,45 @@ def crop_focal(K_crop: Tensor, out_hw: tuple[int, int]) -> Tensor:
     return torch.stack([K_crop[:, 0, 0] / w, K_crop[:, 1, 1] / h], -1)
 
 
+class FrameObjects(NamedTuple):
+    """All N objects being refined, for ``mutual_occlusion``: mesh_idx (N,), their current R (N, 3, 3) and t (N, 3),
+    the group (frame) of each (N,): objects hide only objects of their own group; and their diameters (N,) [m]."""
+
+    mesh_idx: Tensor
+    R: Tensor
+    t: Tensor
+    groups: Tensor
+    diameters: Tensor
+
+
+def occluder_depth(renderer: MeshRenderer, objects: FrameObjects, which: Tensor, K_crop: Tensor,
+                   size: tuple[int, int]) -> Tensor:
+    """(n, h, w) depth [m] of the nearest other object of the same group in the crops of ``which`` (n,) of the
+    ``objects`` (crop intrinsics K_crop (n, 3, 3), ``size`` (h, w)), all at their current poses; inf where none.
+    Two estimates of one object with centres within half its diameter are one instance (a detector's duplicate),
+    not an occluder: real instances would interpenetrate."""
+    g, m = objects.groups, objects.mesh_idx
+    pairs = (g[which][:, None] == g[None]) & (which[:, None] != torch.arange(len(g), device=g.device)[None])
+    apart = (objects.t[which][:, None] - objects.t[None]).norm(dim=-1) >= 0.5 * objects.diameters[None]
+    pairs &= (m[which][:, None] != m[None]) | apart
+    i, j = torch.nonzero(pairs, as_tuple=True)
+    depth = torch.full((len(which), *size), math.inf, device=K_crop.device)
+    if len(i):
+        out = renderer.render(objects.mesh_idx[j], objects.R[j], objects.t[j], K_crop, RasterSettings(*size),
+                              image_idx=i, shade=False)
+        depth = torch.where(out.mask, out.depth, depth)
+    return depth
+
+
 def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Tensor, t: Tensor, K: Tensor,
                 images: Tensor, points: Tensor, est_boxes: Tensor | None, flow_pose: bool = True,
-                size: tuple[int, int] | None = None):
+                size: tuple[int, int] | None = None, others: tuple[FrameObjects, Tensor] | None = None):
     """One render-and-compare iteration: returns (R_new, t_new, network output, zoomed pair). ``net`` may be
     wrapped in DistributedDataParallel (training). With the network's ``pose_from_flow`` and ``flow_pose``
     the update is solved from the flow matcher's matches; training passes False, so that the losses see the
     network's own update. ``size`` (H, W) of the crops: default the network's input_size (the polish passes
-    its polish_size)."""
+    its polish_size). ``others``: all objects of the frame(s) and which of them these are (``mutual_occlusion``:
+    the cells another object covers nearer are left out of the solved pose)."""
     cfg = getattr(net, "module", net).cfg
     size = cfg.input_size if size is None else size
     with torch.no_grad():
@@ -56,6 +90,11 @@ def deepim_step(net: DeepimNet, renderer: MeshRenderer, mesh_idx: Tensor, R: Ten
         with torch.no_grad():  # the occlusion head's probabilities weigh the cells (nets/flow_matcher.py)
             weights = out["match_confidence"] * out["match_seen_logits"].sigmoid() if "match_seen_logits" in out \
                 else None
+            if others is not None:  # cells mostly covered by a nearer object of the frame show that one
+                near = occluder_depth(renderer, others[0], others[1], z.K, size) < z.depth - OCCLUDER_MARGIN_M
+                cell = z.depth.shape[-1] // out["match_flow"].shape[-1]
+                hidden = F.avg_pool2d((near & (z.mask[:, 0] > 0)).float()[:, None], cell)[:, 0] >= 0.5
+                weights = (out["match_confidence"] if weights is None else weights) * ~hidden
             R_flow, t_flow, ok = pose_from_flow(R, t, z.depth, z.mask, z.K, out["match_flow"],
                                                 out["match_confidence"], cfg.flow_min_confidence, weights=weights)
         if cfg.flow_depth != "flow":  # the solved pose's centre on the image, at the network's (or a blended) depth
@@ -126,23 +165,26 @@ class DeepimRefiner:
 
     @torch.no_grad()
     def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,
-                       est_boxes: Tensor | None, iterations: int) -> DeepimResult:
+                       est_boxes: Tensor | None, iterations: int, groups: Tensor | None = None) -> DeepimResult:
         """Batched core: images (N, 3, H, W) [0, 1], K (N, 3, 3), mesh_idx (N,), poses (N, 3, 3)/(N, 3) ->
         DeepimResult. Each iteration runs on the objects still moving (the network's stop_rotation_deg /
         stop_translation); an object whose step failed stops there (the step would fail again from the same pose).
         With the network's polish_iterations, the objects that did not fail then go on on larger crops
         (polish_size) around their current pose; the fit, visibility and occlusion map are read at input_size, as
-        trained."""
+        trained. ``groups`` (N,): the frame of each object, for the network's ``mutual_occlusion`` (None: the
+        objects do not hide each other)."""
         N = len(mesh_idx)
         cfg = self.net.cfg
+        groups = groups if cfg.mutual_occlusion else None
         reasons = [""] * N
         done = torch.zeros(N, dtype=torch.long, device=self.device)
         R, t = R.clone(), t.clone()
         z0 = t[:, 2].clone()
-        self._iterate(images, K, mesh_idx, R, t, est_boxes, iterations, cfg.input_size, z0, done, reasons)
+        self._iterate(images, K, mesh_idx, R, t, est_boxes, iterations, cfg.input_size, z0, done, reasons, groups)
         if cfg.polish_iterations and iterations > 0:  # crops around the current pose alone: the estimated box
             # (a detector's, or the start's) was there to take in a far-off start; now it would only widen the crop
-            self._iterate(images, K, mesh_idx, R, t, None, cfg.polish_iterations, cfg.polish_size, z0, done, reasons)
+            self._iterate(images, K, mesh_idx, R, t, None, cfg.polish_iterations, cfg.polish_size, z0, done, reasons,
+                          groups)
         z = zoom_in(self.renderer, mesh_idx, R, t, K, images, self.points[mesh_idx], est_boxes,
                     cfg.input_size, cfg.zoom_scale)
         diff = (z.observed - z.rendered).abs().mean(1, keepdim=True) * z.mask
@@ -153,7 +195,8 @@ class DeepimRefiner:
         return DeepimResult(R, t, fit, done, reasons, visibility, occlusion, z.boxes)
 
     def _iterate(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor, est_boxes: Tensor | None,
-                 iterations: int, size: tuple[int, int], z0: Tensor, done: Tensor, reasons: list[str]) -> None:
+                 iterations: int, size: tuple[int, int], z0: Tensor, done: Tensor, reasons: list[str],
+                 groups: Tensor | None = None) -> None:
         """Up to ``iterations`` steps on crops of ``size`` for the objects without a failure reason, in place on
         R, t, done (successful steps) and reasons. An object stops once it converges or its step fails (the
         reason recorded); z0 (N,) are the starting depths a sane step stays within 0.5x-2x of."""
@@ -167,7 +210,8 @@ class DeepimRefiner:
             imgs = images if len(a) == N else images[a]  # (the frame expanded over N: no copy while all move)
             R_new, t_new, _, z = deepim_step(self.net, self.renderer, mesh_idx[a], R[a], t[a], K[a], imgs,
                                              self.points[mesh_idx[a]], None if est_boxes is None else est_boxes[a],
-                                             size=size)
+                                             size=size, others=None if groups is None else
+                                             (FrameObjects(mesh_idx, R, t, groups, self.models.diameters[mesh_idx]), a))
             empty = z.mask.flatten(1).sum(1) == 0
             finite = torch.isfinite(R_new).flatten(1).all(1) & torch.isfinite(t_new).all(1)
             za = z0[a]
@@ -205,7 +249,8 @@ class DeepimRefiner:
         K = torch.tensor(np.asarray(frame.K), dtype=torch.float32, device=self.device).expand(n, 3, 3)
         own = projected_boxes(self.points[idx], R, t, K)
         est = torch.where(has_box[:, None], boxes, own)
-        out = self.refine_tensors(img.expand(n, -1, -1, -1), K, idx, R, t, est, iterations)
+        out = self.refine_tensors(img.expand(n, -1, -1, -1), K, idx, R, t, est, iterations,
+                                  groups=torch.zeros(n, dtype=torch.long, device=self.device))
         hw = frame.image.shape[:2]
         for k, i in enumerate(usable):
             e = estimates[i]

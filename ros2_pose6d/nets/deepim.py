@@ -93,6 +93,10 @@ class DeepimConfig:
     # session 32). A polish iteration costs about (polish area / input area) coarse ones
     polish_size: tuple[int, int] | None = None
     polish_iterations: int = 0
+    # refining several objects of one frame: each object's cells that another one, rendered at its current pose,
+    # covers nearer are left out of the pose solved from the matches (they show that object, not this one; two
+    # instances of one object look alike to the matcher and its occlusion head)
+    mutual_occlusion: bool = False
 
 
 def _conv(cin: int, cout: int, k: int, s: int, norm: str) -> nn.Sequential:
