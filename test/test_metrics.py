@@ -355,7 +355,7 @@ def test_report_recall_by_visible_fraction(tmp_path):
     assert len(bare.plots(tmp_path / "bare", registry)) == 3
 
 
-def test_report_leaves_out_targets_too_hidden_to_estimate():
+def test_report_leaves_out_targets_left_out_to_estimate():
     """BOP's rule: a target less than 10 % visible (by default) is no target. Hand case: 50 % visible and found,
     5 % visible and missed, 0.5 visible found: recall 1 over 2 targets, 1 not counted (in the table and the
     summary); with min_visib 0 all 3 count (recall 2/3) and the first bin is '<30%' again."""
@@ -376,17 +376,18 @@ def test_report_leaves_out_targets_too_hidden_to_estimate():
     report.add_frame("refined", estimates, gts, K, registry)
     s = report.summary("refined")
     assert s["n"] == 2 and s["ADD(-S) 0.1d"] == 1.0
-    assert report.too_hidden == {"refined": 1}
-    assert report.hidden_summary() == {"min_visib": 0.1, "targets not counted": {"refined": 1}}
+    assert report.left_out == {"refined": 1}
+    assert report.left_out_summary() == {"min_visib": 0.1, "targets not counted": {"refined": 1}}
     assert "not counted, as less than 10 % visible (BOP's targets): 1 refined" in report.table(registry)
     every = Report(image_width=320, min_visib=0.0)
     every.add_frame("refined", estimates, gts, K, registry)
     assert every.summary("refined")["n"] == 3 and every.summary("refined")["ADD(-S) 0.1d"] == 2 / 3
-    assert every.hidden_summary() == {} and "not counted" not in every.table(registry)
+    assert every.left_out_summary() == {} and "not counted" not in every.table(registry)
     assert list(every.visibility_recalls("refined")) == ["<30%", "50-80%"]
     # a BOP targets file decides instead: here the hidden instance is named and a visible one is not
     named = Report(image_width=320, targets_file="test_targets_bop19.json")
     named.add_frame("refined", estimates, gts, K, registry, targets=[False, True, True])
     assert named.summary("refined")["n"] == 2 and named.summary("refined")["ADD(-S) 0.1d"] == 0.5
-    assert named.hidden_summary() == {"targets file": "test_targets_bop19.json", "targets not counted": {"refined": 1}}
+    assert named.left_out_summary() == {"targets file": "test_targets_bop19.json",
+                                        "targets not counted": {"refined": 1}}
     assert "not counted, as not among the targets of test_targets_bop19.json: 1 refined" in named.table(registry)

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     summary |= report.detection_summary()
     if by_vis := report.visibility_summary():
         summary["by visible fraction"] = by_vis
-    summary |= report.hidden_summary()
+    summary |= report.left_out_summary()
     if args.init == "perturbed":
         summary["perturbation"] = dict(zip(("rot_std_deg", "x_std", "y_std", "z_std"), perturb))
     summary["seconds_per_frame"] = float(np.mean(times)) if times else None

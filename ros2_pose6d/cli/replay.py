@@ -151,7 +151,7 @@ def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) ->
         summary |= res.report.detection_summary()
         if by_vis := res.report.visibility_summary():
             summary["by visible fraction"] = by_vis
-        summary |= res.report.hidden_summary()
+        summary |= res.report.left_out_summary()
     data = {"accounting": res.accounting(), "interrupted": res.interrupted, "metrics": summary,
             "timing_mean_s": {k: float(np.mean(v)) for k, v in res.timings.items()}, "frames": res.frames}
     (out_dir / "report.json").write_text(json.dumps(data, indent=1, default=float))

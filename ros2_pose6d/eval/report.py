@@ -73,7 +73,7 @@ class Report:
     min_visib: float = 0.1
     # or the instances a BOP targets file names (``add_frame``'s ``targets``; this names the file), visible or not
     targets_file: str | None = None
-    too_hidden: dict[str, int] = field(default_factory=dict)  # per stage: instances left out as no target
+    left_out: dict[str, int] = field(default_factory=dict)  # per stage: instances left out as no target
     ap_min_score: float | None = None  # the score the detections ranked for AP50 were cut at, when known
     ap_nms_iou: float | None = None  # the detector's duplicate suppression IoU, when known
 
@@ -101,16 +101,16 @@ class Report:
         """Match ``estimates`` (PoseEstimates) to ``gts`` (objects with obj_id, R, t) of one frame: per object
         id, greedily by ADD(-S), one estimate per target. Instances that are no target (known to be less visible
         than ``min_visib``, or, where ``targets`` is given, one bool per gt, False there) are counted in
-        ``too_hidden`` instead (an estimate of one is neither right nor wrong)."""
+        ``left_out`` instead (an estimate of one is neither right nor wrong)."""
         out = self.targets.setdefault(stage, [])
-        self.too_hidden.setdefault(stage, 0)
+        self.left_out.setdefault(stage, 0)
         used: set[int] = set()
         for k, g in enumerate(gts):
             gid, true_vis, _ = _truth(g)
             if gid not in registry.ids:
                 continue
             if not self._is_target(true_vis, targets, k):
-                self.too_hidden[stage] += 1
+                self.left_out[stage] += 1
                 continue
             obj = registry[gid]
             pts = obj.mesh.vertices[::points_step].astype(np.float64)
@@ -215,21 +215,21 @@ class Report:
             label = f"{self.min_visib * 100:g}-{hi * 100:g}%"
         return ((label, lo, hi), *rest)
 
-    def hidden_summary(self) -> dict[str, float | dict[str, int]]:
+    def left_out_summary(self) -> dict[str, float | dict[str, int]]:
         """For JSON reports: the rule (``min_visib`` or the targets file) and, per stage, how many instances it left
         out (empty when ``min_visib`` left out none)."""
-        if not any(self.too_hidden.values()) and not self.targets_file:
+        if not any(self.left_out.values()) and not self.targets_file:
             return {}
         rule = {"targets file": self.targets_file} if self.targets_file else {"min_visib": self.min_visib}
-        return rule | {"targets not counted": dict(self.too_hidden)}
+        return rule | {"targets not counted": dict(self.left_out)}
 
     def visibility_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``visibility_recalls`` of every stage that has targets with a known visible fraction (for JSON reports)."""
         return {stage: bins for stage in self.targets if (bins := self.visibility_recalls(stage))}
 
     def table(self, registry: ObjectRegistry) -> str:
-        """Plain-text tables: the accuracy of each object and stage, then the overall rows and how many targets
-        were too hidden to count (``min_visib``), the detector's box AP50; below, the
+        """Plain-text tables: the accuracy of each object and stage, then the overall rows and how many instances
+        were left out as no target (``min_visib`` or the targets file), the detector's box AP50; below, the
         median error parts of the matched targets and ADD(-S) 0.1d with one part made exact, per object and
         stage, and (where the ground truth has visible fractions) ADD(-S) 0.1d per visible-fraction bin."""
         cols = ["n", "ADD(-S) 0.1d", "5cm5deg", "proj 5px", "AR_MSSD", "AR_MSPD", "AR", "vis MAE"]
@@ -247,8 +247,8 @@ class Report:
             s = self.summary(stage)
             if s:
                 lines.append(f"{'ALL':<14}{stage:<10}" + "".join(cell(c, s[c]) for c in cols))
-        if any(self.too_hidden.values()):
-            counts = ", ".join(f"{n} {stage}" for stage, n in self.too_hidden.items())
+        if any(self.left_out.values()):
+            counts = ", ".join(f"{n} {stage}" for stage, n in self.left_out.items())
             why = f"not among the targets of {self.targets_file}" if self.targets_file else \
                 f"less than {self.min_visib * 100:g} % visible (BOP's targets)"
             lines.append(f"not counted, as {why}: {counts}")
