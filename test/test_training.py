@@ -553,6 +553,7 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
                          (["--min-visib", "1.5"], "expected a visible fraction in [0, 1]"),
                          (["--targets", "t.json", "--min-visib", "0"], "leave out --min-visib"),
                          (["--targets", "missing.json"], "targets file not found"),
+                         (["--gallery", "-1"], "cannot be negative"),
                          (["--detector", "d.safetensors", "--perturb", "1,0,0,0"], "--perturb sets the starts")):
         r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--refiner", "none", *bad)
         assert r.returncode == 2 and message in r.stderr, r.stderr

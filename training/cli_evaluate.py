@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     registry = load_registry(args)
+    if args.gallery < 0:
+        raise ValueError(f"--gallery {args.gallery}: the number of pictures cannot be negative")
     if args.targets is not None and args.min_visib is not None:
         raise ValueError("--targets names the targets itself; leave out --min-visib")
     targets = read_bop_targets(args.targets) if args.targets is not None else None
