@@ -391,3 +391,39 @@ def test_report_leaves_out_targets_left_out_to_estimate():
     assert named.left_out_summary() == {"targets file": "test_targets_bop19.json",
                                         "targets not counted": {"refined": 1}}
     assert "not counted, as not among the targets of test_targets_bop19.json: 1 refined" in named.table(registry)
+
+
+def test_report_scores_a_detectors_best_hypotheses_only():
+    """BOP's n_top -1: of ranked estimates, per object only as many as it has targets in the frame count, the
+    best-scoring. Hand case: object a has one target (plus one 5 % visible, no target), object b one; a gets a
+    wrong pose scoring 0.9 and the right one scoring 0.6, b the right one and a wrong duplicate scoring lower,
+    and c (not in the frame) one. Unranked: both targets pass; ranked: a's right pose is beyond its count of 1
+    and fails, b passes; 3 estimates go unscored (a's second, b's duplicate, c's)."""
+    from conftest import REPO
+
+    from ros2_pose6d.estimation.types import PoseEstimate
+    from ros2_pose6d.eval.report import Report, top_per_object
+    from ros2_pose6d.io.bop import GtInstance
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    a, b, c = registry.ids[:3]
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    ta, tb, th = np.array([-0.2, 0.0, 1.0]), np.array([0.2, 0.0, 1.0]), np.array([0.0, 0.1, 1.2])
+    gts = [GtInstance(a, np.eye(3), ta, visib_fract=0.9), GtInstance(b, np.eye(3), tb, visib_fract=0.9),
+           GtInstance(a, np.eye(3), th, visib_fract=0.05)]
+    estimates = [PoseEstimate(a, _rz(90), ta.copy(), score=0.9), PoseEstimate(a, np.eye(3), ta.copy(), score=0.6),
+                 PoseEstimate(b, _rz(90), tb.copy(), score=0.7), PoseEstimate(b, np.eye(3), tb.copy(), score=0.8),
+                 PoseEstimate(c, np.eye(3), th.copy(), score=0.95)]
+    assert top_per_object(estimates, {a: 1, b: 1}) == [estimates[0], estimates[3]]
+    assert top_per_object(estimates, {a: 2}) == estimates[:2]
+    ties = [PoseEstimate(a, np.eye(3), ta.copy()), PoseEstimate(a, _rz(90), ta.copy())]
+    assert top_per_object(ties, {a: 1}) == ties[:1] and top_per_object(estimates, {}) == []
+    loose, bop = Report(image_width=320), Report(image_width=320)
+    loose.add_frame("detected", estimates, gts, K, registry)
+    bop.add_frame("detected", estimates, gts, K, registry, ranked=True)
+    assert loose.summary("detected")["ADD(-S) 0.1d"] == 1.0 and loose.beyond_top == {}
+    assert bop.summary("detected", a)["ADD(-S) 0.1d"] == 0.0 and bop.summary("detected", b)["ADD(-S) 0.1d"] == 1.0
+    assert bop.beyond_top == {"detected": 3} and bop.left_out == {"detected": 1}
+    assert bop.left_out_summary()["estimates beyond the targets' count"] == {"detected": 3}
+    assert "beyond their object's count of targets in the frame (BOP's top-n by score): 3 detected" in \
+        bop.table(registry)

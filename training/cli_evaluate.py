@@ -161,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             final = pipe.refine(frame, start)
         times.append(time.perf_counter() - t0)
         counted = {st: len(report.targets.get(st, [])) for st in stages}
-        report.add_frame(start_stage, start, gts, bf.K, registry, targets=is_target)
-        if args.init == "detector":
+        scored = args.init == "detector"  # a detector's hypotheses count as BOP counts them; perturbed: one each
+        report.add_frame(start_stage, start, gts, bf.K, registry, targets=is_target, ranked=scored)
+        if scored:
             report.add_detections(ranked, gts, targets=is_target)
         if args.refiner != "none":
-            report.add_frame("refined", final, gts, bf.K, registry, targets=is_target)
+            report.add_frame("refined", final, gts, bf.K, registry, targets=is_target, ranked=scored)
         passed = {st: [r.add < 0.1 * r.diameter for r in report.targets[st][counted[st]:]] for st in stages}
         worst.offer(f"{scene.scene_id:06d}_{im_id:06d}", passed[stages[-1]].count(False), bf.rgb, bf.K,
                     [PoseEstimate(g.obj_id, g.R, g.t) for g in gts], dict(zip(stages, (start, final))),

@@ -120,10 +120,10 @@ def replay(bag: Path, out_dir: Path, pipeline: Pipeline, registry: ObjectRegistr
                     res.has_gt = True
                     gt = [object_pose_to_estimate(m) for m in bf.ground_truth.objects]
                     res.report.image_width = frame.image.shape[1]
-                    res.report.add_frame("detected", out.detections, gt, frame.K, registry)
+                    res.report.add_frame("detected", out.detections, gt, frame.K, registry, ranked=True)
                     res.report.add_detections(out.detections, gt)
                     if pipeline.refiner is not None:
-                        res.report.add_frame("refined", out.poses, gt, frame.K, registry)
+                        res.report.add_frame("refined", out.poses, gt, frame.K, registry, ranked=True)
                 timing = {"conversion": t1 - t0, **out.timings, "writing": t3 - t2}
                 for key, v in timing.items():
                     res.timings.setdefault(key, []).append(v)

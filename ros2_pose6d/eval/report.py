@@ -5,7 +5,8 @@ table and draw recall curves and per-object bars. Shared by ``evaluate``, bag re
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,21 @@ def _truth(g) -> tuple[int, float | None, np.ndarray | None]:
     return g.obj_id, g.visib_fract, None if b is None else np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], float)
 
 
+def top_per_object(estimates: Sequence, counts: Mapping[int, int]) -> list:
+    """Per object id, the ``counts[id]`` highest-scoring of ``estimates`` (none of an object not in ``counts``),
+    in their given order; ties keep the earlier. BOP's n_top -1: a method may send any number of hypotheses, and
+    the benchmark scores as many of an object as the image has instances of it."""
+    order = sorted(range(len(estimates)), key=lambda i: -float(estimates[i].score))
+    left = dict(counts)
+    keep = set()
+    for i in order:
+        oid = estimates[i].object_id
+        if left.get(oid, 0) > 0:
+            left[oid] -= 1
+            keep.add(i)
+    return [e for i, e in enumerate(estimates) if i in keep]
+
+
 @dataclass
 class Report:
     """Targets per stage name ('detected', 'refined', ...)."""
@@ -76,6 +92,8 @@ class Report:
     left_out: dict[str, int] = field(default_factory=dict)  # per stage: instances left out as no target
     ap_min_score: float | None = None  # the score the detections ranked for AP50 were cut at, when known
     ap_nms_iou: float | None = None  # the detector's duplicate suppression IoU, when known
+    # per stage: ranked estimates beyond each object's count of targets in their frame, not scored (``add_frame``)
+    beyond_top: dict[str, int] = field(default_factory=dict)
 
     def _is_target(self, vis: float | None, targets: Sequence[bool] | None, k: int) -> bool:
         return bool(targets[k]) if targets is not None else vis is None or vis >= self.min_visib
@@ -97,19 +115,29 @@ class Report:
                            truth, ignore)
 
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
-                  points_step: int = 5, targets: Sequence[bool] | None = None) -> None:
+                  points_step: int = 5, targets: Sequence[bool] | None = None, ranked: bool = False) -> None:
         """Match ``estimates`` (PoseEstimates) to ``gts`` (objects with obj_id, R, t) of one frame: per object
         id, greedily by ADD(-S), one estimate per target. Instances that are no target (known to be less visible
         than ``min_visib``, or, where ``targets`` is given, one bool per gt, False there) are counted in
-        ``left_out`` instead (an estimate of one is neither right nor wrong)."""
+        ``left_out`` instead (an estimate of one is neither right nor wrong). ``ranked``: the estimates are
+        scored detections (a detector's, refined or not), of which, as in BOP (n_top -1), only each object's
+        best-scoring ones count, as many as it has targets in the frame; otherwise a detector's duplicates would
+        be further tries at one target. The rest are counted in ``beyond_top``."""
         out = self.targets.setdefault(stage, [])
         self.left_out.setdefault(stage, 0)
+        is_target = [_truth(g)[0] in registry.ids and self._is_target(_truth(g)[1], targets, k)
+                     for k, g in enumerate(gts)]
+        if ranked:
+            counts = Counter(_truth(g)[0] for g, hit in zip(gts, is_target, strict=True) if hit)
+            kept = top_per_object(estimates, counts)
+            self.beyond_top[stage] = self.beyond_top.get(stage, 0) + len(estimates) - len(kept)
+            estimates = kept
         used: set[int] = set()
         for k, g in enumerate(gts):
             gid, true_vis, _ = _truth(g)
             if gid not in registry.ids:
                 continue
-            if not self._is_target(true_vis, targets, k):
+            if not is_target[k]:
                 self.left_out[stage] += 1
                 continue
             obj = registry[gid]
@@ -217,11 +245,12 @@ class Report:
 
     def left_out_summary(self) -> dict[str, float | dict[str, int]]:
         """For JSON reports: the rule (``min_visib`` or the targets file) and, per stage, how many instances it left
-        out (empty when ``min_visib`` left out none)."""
-        if not any(self.left_out.values()) and not self.targets_file:
+        out and how many ranked estimates went unscored (``add_frame``; empty when neither happened)."""
+        if not any(self.left_out.values()) and not self.targets_file and not self.beyond_top:
             return {}
         rule = {"targets file": self.targets_file} if self.targets_file else {"min_visib": self.min_visib}
-        return rule | {"targets not counted": dict(self.left_out)}
+        beyond = {"estimates beyond the targets' count": dict(self.beyond_top)} if self.beyond_top else {}
+        return rule | {"targets not counted": dict(self.left_out)} | beyond
 
     def visibility_summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """``visibility_recalls`` of every stage that has targets with a known visible fraction (for JSON reports)."""
@@ -252,6 +281,10 @@ class Report:
             why = f"not among the targets of {self.targets_file}" if self.targets_file else \
                 f"less than {self.min_visib * 100:g} % visible (BOP's targets)"
             lines.append(f"not counted, as {why}: {counts}")
+        if self.beyond_top:
+            counts = ", ".join(f"{n} {stage}" for stage, n in self.beyond_top.items())
+            lines.append(f"estimates not scored, beyond their object's count of targets in the frame (BOP's top-n by "
+                         f"score): {counts}")
         if self.detection.num_gt:
             mean, per = self.detection.ap50()
             ranked = "" if self.ap_min_score is None else f", detections scoring >= {self.ap_min_score:g}"
