@@ -98,6 +98,15 @@ class Report:
     def _is_target(self, vis: float | None, targets: Sequence[bool] | None, k: int) -> bool:
         return bool(targets[k]) if targets is not None else vis is None or vis >= self.min_visib
 
+    def _target_mask(self, gts, registry: ObjectRegistry, targets: Sequence[bool] | None) -> list[bool]:
+        return [_truth(g)[0] in registry.ids and self._is_target(_truth(g)[1], targets, k) for k, g in enumerate(gts)]
+
+    def target_counts(self, gts, registry: ObjectRegistry, targets: Sequence[bool] | None = None) -> Counter:
+        """Targets per object id among a frame's ``gts`` (``add_frame``'s rule): how many of a detector's
+        hypotheses of each object ``add_frame(ranked=True)`` scores."""
+        return Counter(_truth(g)[0] for g, hit in zip(gts, self._target_mask(gts, registry, targets), strict=True)
+                       if hit)
+
     def add_detections(self, estimates, gts, targets: Sequence[bool] | None = None) -> None:
         """2D boxes of the detector against the visible ground-truth boxes (x, y, w, h) for AP50; instances
         that are no target (less visible than ``min_visib``, or False in ``targets``, one per gt) are ignored
@@ -125,11 +134,9 @@ class Report:
         be further tries at one target. The rest are counted in ``beyond_top``."""
         out = self.targets.setdefault(stage, [])
         self.left_out.setdefault(stage, 0)
-        is_target = [_truth(g)[0] in registry.ids and self._is_target(_truth(g)[1], targets, k)
-                     for k, g in enumerate(gts)]
+        is_target = self._target_mask(gts, registry, targets)
         if ranked:
-            counts = Counter(_truth(g)[0] for g, hit in zip(gts, is_target, strict=True) if hit)
-            kept = top_per_object(estimates, counts)
+            kept = top_per_object(estimates, self.target_counts(gts, registry, targets))
             self.beyond_top[stage] = self.beyond_top.get(stage, 0) + len(estimates) - len(kept)
             estimates = kept
         used: set[int] = set()
@@ -246,10 +253,10 @@ class Report:
     def left_out_summary(self) -> dict[str, float | dict[str, int]]:
         """For JSON reports: the rule (``min_visib`` or the targets file) and, per stage, how many instances it left
         out and how many ranked estimates went unscored (``add_frame``; empty when neither happened)."""
-        if not any(self.left_out.values()) and not self.targets_file and not self.beyond_top:
+        if not any(self.left_out.values()) and not self.targets_file and not any(self.beyond_top.values()):
             return {}
         rule = {"targets file": self.targets_file} if self.targets_file else {"min_visib": self.min_visib}
-        beyond = {"estimates beyond the targets' count": dict(self.beyond_top)} if self.beyond_top else {}
+        beyond = {"estimates beyond the targets' count": dict(self.beyond_top)} if any(self.beyond_top.values()) else {}
         return rule | {"targets not counted": dict(self.left_out)} | beyond
 
     def visibility_summary(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -281,7 +288,7 @@ class Report:
             why = f"not among the targets of {self.targets_file}" if self.targets_file else \
                 f"less than {self.min_visib * 100:g} % visible (BOP's targets)"
             lines.append(f"not counted, as {why}: {counts}")
-        if self.beyond_top:
+        if any(self.beyond_top.values()):
             counts = ", ".join(f"{n} {stage}" for stage, n in self.beyond_top.items())
             lines.append(f"estimates not scored, beyond their object's count of targets in the frame (BOP's top-n by "
                          f"score): {counts}")
