@@ -85,6 +85,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def refine_scored(pipe, frame, hypotheses: list, counts: dict[int, int]) -> tuple[list, list]:
+    """(started, refined): of a detector's ``hypotheses``, refined as ``Pipeline.refine_detections`` would, those
+    the report scores: per object its ``counts`` best, and where two of them refine onto one instance (a
+    duplicate, dropped) the next best in its place, as the pipeline's output holds it."""
+    from collections import Counter
+
+    from ros2_pose6d.estimation.duplicates import drop_duplicates
+    from ros2_pose6d.eval.report import top_per_object
+    if pipe.refiner is None:
+        start = top_per_object(hypotheses, counts)
+        return start, start
+    left = sorted(hypotheses, key=lambda d: -float(d.score))
+    started, done = [], []
+    while True:
+        have = Counter(e.object_id for e in done)
+        batch = top_per_object(left, {o: n - have[o] for o, n in counts.items() if n > have[o]})
+        if not batch:
+            return started, done
+        left = [d for d in left if not any(d is b for b in batch)]
+        started += batch
+        done = drop_duplicates(done + pipe.refine(frame, batch), pipe.diameters, pipe.duplicate_distance)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.training.tasks.deepim_task import DeepimLossConfig, perturb_poses
 
@@ -92,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.estimation.pipeline import Pipeline, PipelineConfig, build_refiner
     from ros2_pose6d.estimation.types import Frame, PoseEstimate
     from ros2_pose6d.eval.bop_csv import BopResult, write_bop_csv
-    from ros2_pose6d.eval.report import Report, top_per_object
+    from ros2_pose6d.eval.report import Report
     from ros2_pose6d.io.bop import bop_target_mask, read_bop_split, read_bop_targets
     from ros2_pose6d.viz.gallery import WorstFrames
     from ros2_pose6d.viz.overlay import OverlayDrawer
@@ -119,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PipelineConfig(detector_weights=str(args.detector or ""), refiner=args.refiner,
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
                          score_threshold=min(args.score_threshold, args.ap_threshold), nms_iou=args.nms_iou,
-                         refine_iterations=args.iterations, visibility=args.visibility)
+                         refine_iterations=args.iterations, visibility=args.visibility,
+                         duplicate_distance=args.duplicate_distance)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
         report.ap_min_score, report.ap_nms_iou = cfg.score_threshold, cfg.nms_iou
@@ -153,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             hypotheses = [d for d in ranked if d.score >= args.score_threshold]
             # only the hypotheses the report scores (BOP's top-n per object) are refined: the same numbers, in
             # less time where a low --score-threshold keeps many; the rest are handed on unrefined, to be counted
-            start = top_per_object(hypotheses, report.target_counts(gts, registry, is_target))
-            final = pipe.refine(frame, start)
+            start, final = refine_scored(pipe, frame, hypotheses, report.target_counts(gts, registry, is_target))
             unscored = [d for d in hypotheses if not any(d is s for s in start)]
         else:
             if not gts:

@@ -209,6 +209,10 @@ def add_visibility_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--visibility", choices=VISIBILITY_SOURCES, default=default,
                    help=f"whose visibility a refined detection reports (default {default}; "
                         "models/weights/README.md compares them; evaluate: with --init detector)")
+    p.add_argument("--duplicate-distance", type=float, default=PipelineConfig.duplicate_distance, metavar="D",
+                   help="after refinement, a pose whose centre is within D object diameters of a better-scoring one "
+                        f"of its object is dropped as a duplicate (default {PipelineConfig.duplicate_distance}, as "
+                        "the refiner node; 0: keep all; evaluate: with --init detector)")
 
 
 def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
@@ -221,7 +225,8 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
                          refiner=args.refiner, deepim_weights=str(args.deepim or wd / "deepim_demo.safetensors"),
                          nemo_weights=str(args.nemo or wd / "nemo_demo.safetensors"), device=args.device,
                          score_threshold=args.score_threshold, nms_iou=args.nms_iou,
-                         refine_iterations=args.iterations, visibility=args.visibility)
+                         refine_iterations=args.iterations, visibility=args.visibility,
+                         duplicate_distance=args.duplicate_distance)
     return Pipeline.from_config(cfg, registry), registry
 
 

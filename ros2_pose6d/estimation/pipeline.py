@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 from ros2_pose6d.estimation.cascade import ONE_COUNT_ERROR, CascadeRefiner, is_cascade, parse_refiner
 from ros2_pose6d.estimation.detector import Detector
+from ros2_pose6d.estimation.duplicates import drop_duplicates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.objects.registry import ObjectRegistry
 
@@ -36,6 +37,9 @@ class PipelineConfig:
     nms_iou: float = 0.7  # class-wise duplicate suppression (see Detector); 1 = off
     refine_iterations: int | None = None  # DeepIM iterations / NeMo steps; None = the weights' default
     visibility: VisibilitySource = "detector"  # see VisibilitySource
+    # after refinement, a detection whose centre is within this many diameters of a better one of the same object
+    # is that object again, and dropped (duplicates.py); 0 = keep all
+    duplicate_distance: float = 0.25
 
 
 def build_refiner(method: str, weights: Mapping[str, str | Path | None], registry: ObjectRegistry, device: str):
@@ -75,12 +79,18 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, registry: ObjectRegistry, detector: Detector | None, refiner=None,
-                 iterations: int | None = None, visibility: VisibilitySource = "detector") -> None:
+                 iterations: int | None = None, visibility: VisibilitySource = "detector",
+                 duplicate_distance: float = 0.25) -> None:
         """``detector`` may be None for refinement only (tracking, evaluation from given poses);
         ``iterations``: DeepIM iterations / NeMo steps per call, None for the weights' default;
-        ``visibility``: whose visibility a refined detection reports (VisibilitySource)."""
+        ``visibility``: whose visibility a refined detection reports (VisibilitySource);
+        ``duplicate_distance``: see ``refine_detections`` (0: off)."""
         if visibility not in VISIBILITY_SOURCES:
             raise ValueError(f"visibility must be one of {', '.join(VISIBILITY_SOURCES)}, got {visibility!r}")
+        if not 0.0 <= duplicate_distance <= 1.0:
+            raise ValueError(f"duplicate_distance must be in [0, 1] object diameters, got {duplicate_distance}")
+        self.duplicate_distance = duplicate_distance
+        self.diameters = {i: registry[i].diameter for i in registry.ids}
         if isinstance(refiner, CascadeRefiner) and iterations is not None:
             raise ValueError(ONE_COUNT_ERROR)  # here, not on every frame
         self.registry, self.detector, self.refiner, self.iterations = registry, detector, refiner, iterations
@@ -99,7 +109,7 @@ class Pipeline:
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
                                          score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou)
         return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations,
-                   cfg.visibility)
+                   cfg.visibility, cfg.duplicate_distance)
 
     def refine(self, frame: Frame, estimates: list[PoseEstimate]) -> list[PoseEstimate]:
         """Refine given estimates (tracking reuses the last poses through here)."""
@@ -111,11 +121,18 @@ class Pipeline:
                        for e, r in zip(estimates, refined, strict=True)]
         return refined
 
+    def refine_detections(self, frame: Frame, detections: list[PoseEstimate]) -> list[PoseEstimate]:
+        """``refine``, then, of the refined poses of one object whose centres ended within ``duplicate_distance``
+        of its diameter, only the best-scoring (a detector's duplicates converge on one instance; duplicates.py).
+        For hypotheses, a detector's or tracked ones; ``refine`` keeps one output per given start."""
+        poses = self.refine(frame, detections)
+        return drop_duplicates(poses, self.diameters, self.duplicate_distance) if self.refiner is not None else poses
+
     def process(self, frame: Frame) -> PipelineResult:
         """Detect and refine one frame. Raises FrameError for a frame that cannot be used."""
         t0 = time.perf_counter()
         detections = self.detector.detect(frame)
         t1 = time.perf_counter()
-        poses = self.refine(frame, detections)
+        poses = self.refine_detections(frame, detections)
         t2 = time.perf_counter()
         return PipelineResult(detections, poses, {"detection": t1 - t0, "refinement": t2 - t1})

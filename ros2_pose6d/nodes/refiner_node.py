@@ -51,7 +51,7 @@ class RefinerNode(Node):
         device = resolve_device(p["device"])
         weights = {m: p[f"{m}_weights"] or weights_dir() / f"{m}_demo.safetensors" for m in METHODS}
         self.pipeline = Pipeline(self.registry, None, build_refiner(p["method"], weights, self.registry, device),
-                                 p["iterations"] or None, p["visibility"])
+                                 p["iterations"] or None, p["visibility"], p["duplicate_distance"])
         self.factory = rclpy_factory()
         self.drawer = OverlayDrawer(self.registry)
         self.cache: FrameCache = FrameCache(p["frame_cache"])
@@ -75,7 +75,8 @@ class RefinerNode(Node):
         self.get_logger().info(f"refiner ready: method {p['method']}, tracking {bool(p['tracking'])}")
 
     def apply_params(self, changed: dict) -> None:
-        """`ros2 param set` of iterations, visibility, tf_prefix or the re-detection rule takes effect from the
+        """`ros2 param set` of iterations, visibility, duplicate_distance, tf_prefix or the re-detection rule takes
+        effect from the
         next frame (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for changes
         after start."""
         self.p.update(changed)
@@ -83,6 +84,8 @@ class RefinerNode(Node):
             self.pipeline.iterations = changed["iterations"] or None
         if "visibility" in changed:
             self.pipeline.visibility = changed["visibility"]
+        if "duplicate_distance" in changed:
+            self.pipeline.duplicate_distance = changed["duplicate_distance"]
         if self.tracking is not None:
             self.tracking.redetect_every = self.p["redetect_every"]
             self.tracking.fit_error_threshold = self.p["redetect_fit_error"]
@@ -125,7 +128,7 @@ class RefinerNode(Node):
     def run_model(self, item):
         from dataclasses import replace
         frame, _, estimates, detected, _ = item
-        poses = self.pipeline.refine(frame, estimates)
+        poses = self.pipeline.refine_detections(frame, estimates)
         if self.tracking is not None and not detected:
             poses = [replace(p, stage="tracked") if p.stage == "refined" else p for p in poses]
         return poses

@@ -95,6 +95,9 @@ REFINER = COMMON + (
               "occlusion head, where its weights have one); tracked "
               "poses always take the refiner's",
               choices=("refiner", "detector")),
+    ParamSpec("duplicate_distance", 0.25, "after refinement, drop a pose whose centre is within this many object "
+              "diameters of a better-scoring one of the same object: one instance found twice (0: keep all)",
+              (0.0, 1.0)),
     ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000), read_only=True),
     ParamSpec("publish_tf", True, "broadcast a TF frame per object instance", read_only=True),
     ParamSpec("tf_prefix", "pose6d/", "prefix of the per-instance TF frame names"),
@@ -124,7 +127,7 @@ def validate(specs: tuple[ParamSpec, ...], values: dict[str, Any]) -> list[str]:
 # The parameters each node applies while running (`ros2 param set`); every other one is read-only, so that
 # no change is accepted and then silently ignored (test_runtime checks the two lists agree with the specs).
 DETECTOR_LIVE = ("score_threshold", "max_detections", "nms_iou")
-REFINER_LIVE = ("iterations", "visibility", "tf_prefix", "redetect_every", "redetect_fit_error")
+REFINER_LIVE = ("iterations", "visibility", "duplicate_distance", "tf_prefix", "redetect_every", "redetect_fit_error")
 
 
 def accept_changes(specs: tuple[ParamSpec, ...], changes: dict[str, Any],
