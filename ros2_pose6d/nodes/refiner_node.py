@@ -76,9 +76,8 @@ class RefinerNode(Node):
 
     def apply_params(self, changed: dict) -> None:
         """`ros2 param set` of iterations, visibility, duplicate_distance, tf_prefix or the re-detection rule takes
-        effect from the
-        next frame (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for changes
-        after start."""
+        effect from the next frame (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for
+        changes after start."""
         self.p.update(changed)
         if "iterations" in changed:
             self.pipeline.iterations = changed["iterations"] or None
