@@ -508,19 +508,35 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "detected" in r.stdout
     # at score 0 every (query, class) pair is a hypothesis (up to the detector's 50): as BOP, of each object only
-    # as many as the frame has targets of it are scored, and only those are refined (one CSV row each); the rest
-    # are counted as unscored
+    # as many as the frame has targets of it are scored, and without extra hypotheses only those are refined (one
+    # CSV row each); the rest are counted as unscored
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
              str(tmp_path / "detector" / "final.safetensors"), "--refiner", "deepim", "--deepim",
              str(tmp_path / "deepim" / "final.safetensors"), "--score-threshold", "0", "--max-frames", "1",
-             "--iterations", "1", "--gallery", "0", "--out", str(out / "all"))
+             "--iterations", "1", "--gallery", "0", "--extra-hypotheses", "0", "--out", str(out / "all"))
     assert r.returncode == 0, r.stderr[-2000:]
     every = json.loads((out / "all" / "summary.json").read_text())
     beyond = every["estimates beyond the targets' count"]
     assert beyond["detected"] == beyond["refined"] > 0 and "estimates not scored" in r.stdout
     info = json.loads((split / "000000" / "scene_gt_info.json").read_text())
-    targets = sum(g["visib_fract"] >= 0.1 for g in info[min(info, key=int)])
-    assert 1 <= (out / "all" / "results.csv").read_text().count("\n") - 1 <= targets
+    first_gt = json.loads((split / "000000" / "scene_gt.json").read_text())
+    im = min(info, key=int)
+    targets = [g["obj_id"] for g, i in zip(first_gt[im], info[im]) if i["visib_fract"] >= 0.1]
+    rows = (out / "all" / "results.csv").read_text().count("\n") - 1
+    assert 1 <= rows <= len(targets)
+    # with K extra hypotheses up to K more of each object are refined (CSV rows), ranked by their refined score
+    r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
+             str(tmp_path / "detector" / "final.safetensors"), "--refiner", "deepim", "--deepim",
+             str(tmp_path / "deepim" / "final.safetensors"), "--score-threshold", "0", "--max-frames", "1",
+             "--iterations", "1", "--gallery", "0", "--extra-hypotheses", "2", "--out", str(out / "extra"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    extra_rows = (out / "extra" / "results.csv").read_text().count("\n") - 1
+    assert rows < extra_rows <= len(targets) + 2 * len(set(targets))
+    extra = json.loads((out / "extra" / "summary.json").read_text())
+    assert extra["refined"]["n"] == every["refined"]["n"]
+    assert extra["estimates beyond the targets' count"]["refined"] > 0
+    r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector", "x", "--extra-hypotheses", "-1")
+    assert r.returncode != 0 and "--extra-hypotheses" in r.stderr
     # AP ranks every detection down to --ap-threshold; only those at --score-threshold become poses
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector",
              str(tmp_path / "detector" / "final.safetensors"), "--refiner", "none", "--score-threshold", "1.01",

@@ -18,6 +18,10 @@ from tqdm import tqdm
 from ros2_pose6d.cli.object_args import add_object_args, load_registry
 from ros2_pose6d.cli.replay import add_refiner_arg, add_visibility_arg
 
+# of each object in a frame, how many hypotheses beyond its count of targets are refined and ranked (chosen on
+# val_s3; models/weights/README.md, "Ranking by what DeepIM sees")
+EXTRA_HYPOTHESES = 4
+
 
 def perturbation(text: str) -> tuple[float, float, float, float]:
     """argparse type of --perturb: 'DEG,X,Y,Z', four finite non-negative numbers."""
@@ -41,6 +45,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def count(text: str) -> int:
+    """argparse type of --extra-hypotheses: a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pose6d-evaluate", description=__doc__)
     p.add_argument("split", type=Path, help="BOP split folder (scenes inside), synthetic or real")
@@ -55,8 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_visibility_arg(p)  # with --init detector
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detector score threshold: the detections scored as poses (of each object only the "
-                        "best-scoring, as many as the frame has targets of it, as BOP scores them; only those are "
-                        "refined, and the time per frame is theirs)")
+                        "best-scoring, as many as the frame has targets of it, as BOP scores them; only those and "
+                        "--extra-hypotheses more are refined, and the time per frame is theirs)")
+    p.add_argument("--extra-hypotheses", type=count, default=EXTRA_HYPOTHESES, metavar="K",
+                   help="refine K more of each object's hypotheses than it has targets in the frame, best-scoring "
+                        "first (BOP gives a method the number of instances): refined, they rank by their refined "
+                        f"score (the detector's times the seen share to --seen-power), as the node's output does "
+                        f"(default {EXTRA_HYPOTHESES}; 0 refines only the count, ranked by the detector's score)")
     p.add_argument("--nms-iou", type=float, default=0.7,
                    help="detector duplicate suppression: box IoU above which a weaker detection of the same "
                         "object is dropped (1: off)")
@@ -85,10 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def refine_scored(pipe, frame, hypotheses: list, counts: dict[int, int]) -> tuple[list, list]:
+def refine_scored(pipe, frame, hypotheses: list, counts: dict[int, int], extra: int = 0) -> tuple[list, list]:
     """(started, refined): of a detector's ``hypotheses``, refined as ``Pipeline.refine_detections`` would, those
-    the report scores: per object its ``counts`` best, and where two of them refine onto one instance (a
-    duplicate, dropped) the next best in its place, as the pipeline's output holds it."""
+    the report may score: per object its ``counts`` best and ``extra`` more (refined, they rank by their refined
+    score, ``Pipeline.refine``), and where two of them refine onto one instance (a duplicate, dropped) so that an
+    object is left with fewer than its count, the next best in their place, as the pipeline's output holds it."""
     from collections import Counter
 
     from ros2_pose6d.estimation.duplicates import drop_duplicates
@@ -98,14 +115,14 @@ def refine_scored(pipe, frame, hypotheses: list, counts: dict[int, int]) -> tupl
         return start, start
     left = sorted(hypotheses, key=lambda d: -float(d.score))
     started, done = [], []
-    while True:
-        have = Counter(e.object_id for e in done)
-        batch = top_per_object(left, {o: n - have[o] for o, n in counts.items() if n > have[o]})
-        if not batch:
-            return started, done
+    want = {o: n + extra for o, n in counts.items() if n > 0}
+    while batch := top_per_object(left, want):
         left = [d for d in left if not any(d is b for b in batch)]
         started += batch
         done = drop_duplicates(done + pipe.refine(frame, batch), pipe.diameters, pipe.duplicate_distance)
+        have = Counter(e.object_id for e in done)
+        want = {o: n - have[o] for o, n in counts.items() if n > have[o]}
+    return started, done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from ros2_pose6d.estimation.pipeline import Pipeline, PipelineConfig, build_refiner
     from ros2_pose6d.estimation.types import Frame, PoseEstimate
     from ros2_pose6d.eval.bop_csv import BopResult, write_bop_csv
-    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.eval.report import Report, top_per_object
     from ros2_pose6d.io.bop import bop_target_mask, read_bop_split, read_bop_targets
     from ros2_pose6d.viz.gallery import WorstFrames
     from ros2_pose6d.viz.overlay import OverlayDrawer
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                          deepim_weights=str(args.deepim or ""), nemo_weights=str(args.nemo or ""), device=args.device,
                          score_threshold=min(args.score_threshold, args.ap_threshold), nms_iou=args.nms_iou,
                          refine_iterations=args.iterations, visibility=args.visibility,
-                         duplicate_distance=args.duplicate_distance)
+                         duplicate_distance=args.duplicate_distance, seen_power=args.seen_power)
     if args.init == "detector":
         pipe = Pipeline.from_config(cfg, registry)
         report.ap_min_score, report.ap_nms_iou = cfg.score_threshold, cfg.nms_iou
@@ -175,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.init == "detector":
             ranked = pipe.detector.detect(frame)
             hypotheses = [d for d in ranked if d.score >= args.score_threshold]
-            # only the hypotheses the report scores (BOP's top-n per object) are refined: the same numbers, in
-            # less time where a low --score-threshold keeps many; the rest are handed on unrefined, to be counted
-            start, final = refine_scored(pipe, frame, hypotheses, report.target_counts(gts, registry, is_target))
+            # only the hypotheses the report may score (BOP's top-n per object, of the refined scores) are
+            # refined: a low --score-threshold costs little time; the rest are not ranked, only counted
+            counts = report.target_counts(gts, registry, is_target)
+            start, final = refine_scored(pipe, frame, hypotheses, counts, args.extra_hypotheses)
             unscored = [d for d in hypotheses if not any(d is s for s in start)]
         else:
             if not gts:
@@ -196,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         if scored:
             report.add_detections(ranked, gts, targets=is_target)
         if args.refiner != "none":
-            report.add_frame("refined", final + unscored if scored else final, gts, bf.K, registry,
-                             targets=is_target, ranked=scored)
+            report.add_frame("refined", final, gts, bf.K, registry, targets=is_target, ranked=scored,
+                             unranked=len(unscored) if scored else 0)
         passed = {st: [r.add < 0.1 * r.diameter for r in report.targets[st][counted[st]:]] for st in stages}
         worst.offer(f"{scene.scene_id:06d}_{im_id:06d}", passed[stages[-1]].count(False), bf.rgb, bf.K,
-                    [PoseEstimate(g.obj_id, g.R, g.t) for g in gts], dict(zip(stages, (start, final))),
+                    [PoseEstimate(g.obj_id, g.R, g.t) for g in gts],
+                    dict(zip(stages, (top_per_object(p, counts) for p in (hypotheses, final)) if scored
+                             else (start, final))),
                     {st: f"{sum(ok)} of {len(ok)} within 0.1d" for st, ok in passed.items()})
         csv_rows += [BopResult(scene.scene_id, im_id, e.object_id, e.score, e.R, e.t, times[-1]) for e in final]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -213,6 +213,11 @@ def add_visibility_arg(p: argparse.ArgumentParser) -> None:
                    help="after refinement, a pose whose centre is within D object diameters of a better-scoring one "
                         f"of its object is dropped as a duplicate (default {PipelineConfig.duplicate_distance}, as "
                         "the refiner node; 0: keep all; evaluate: with --init detector)")
+    p.add_argument("--seen-power", type=float, default=PipelineConfig.seen_power, metavar="P",
+                   help="a refined detection scores the detector's score times the share of the object DeepIM's "
+                        "occlusion head sees matched at the refined pose, to the power P: the poses the image "
+                        f"confirms rank first (default {PipelineConfig.seen_power:g}, as the refiner node; 0: the "
+                        "detector's score; evaluate: with --init detector)")
 
 
 def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
@@ -226,7 +231,7 @@ def build_pipeline(args: argparse.Namespace) -> tuple[Pipeline, ObjectRegistry]:
                          nemo_weights=str(args.nemo or wd / "nemo_demo.safetensors"), device=args.device,
                          score_threshold=args.score_threshold, nms_iou=args.nms_iou,
                          refine_iterations=args.iterations, visibility=args.visibility,
-                         duplicate_distance=args.duplicate_distance)
+                         duplicate_distance=args.duplicate_distance, seen_power=args.seen_power)
     return Pipeline.from_config(cfg, registry), registry
 
 

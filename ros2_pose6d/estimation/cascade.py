@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from ros2_pose6d.estimation.refine_common import NOT_REFINED
+from ros2_pose6d.estimation.refine_common import refined_here
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 
 METHODS = ("deepim", "nemo")
@@ -71,6 +71,11 @@ class CascadeRefiner:
             raise ValueError("a cascade needs at least one stage")
         self.stages = stages
 
+    @property
+    def visibility_source(self) -> str | None:
+        """That of the last stage that reports a visibility of its own (refine_common.SEEN_SHARE, ...)."""
+        return next((src for _, r in reversed(self.stages) if (src := getattr(r, "visibility_source", None))), None)
+
     def refine(self, frame: Frame, estimates: list[PoseEstimate],
                iterations: int | None = None) -> list[PoseEstimate]:
         """Refined copies of ``estimates``, same order. ``iterations`` must be None: a cascade's counts are
@@ -83,14 +88,8 @@ class CascadeRefiner:
         for stage, refiner in self.stages:
             before, current = current, refiner.refine(frame, current, stage.iterations)
             for k, (b, e) in enumerate(zip(before, current, strict=True)):
-                if _refined_here(b, e):
+                if refined_here(b, e):
                     total[k] += e.iterations
                     touched[k] = True
         return [replace(e, iterations=n) if hit else e for e, n, hit in zip(current, total, touched, strict=True)]
 
-
-def _refined_here(before: PoseEstimate, after: PoseEstimate) -> bool:
-    """Whether a stage refined ``before`` into ``after``: refiners hand back what they cannot refine
-    unchanged, with a NOT_REFINED note added (refine_common.screen_estimates, NeMo's divergence)."""
-    added = after.notes[len(before.notes):]
-    return after.stage == "refined" and not any(n.startswith(NOT_REFINED) for n in added)

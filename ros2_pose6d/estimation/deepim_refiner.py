@@ -18,7 +18,7 @@ from torch import Tensor
 from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.flow_pose import cell_points, pose_from_flow
 from ros2_pose6d.estimation.model_set import ModelSet, build_model_set
-from ros2_pose6d.estimation.refine_common import frame_tensor, paste_crop_mask, screen_estimates
+from ros2_pose6d.estimation.refine_common import SEEN_SHARE, frame_tensor, paste_crop_mask, screen_estimates
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import ZoomedPair, projected_boxes, zoom_in
 from ros2_pose6d.geometry.deepim_update import apply_update
@@ -162,6 +162,11 @@ class DeepimRefiner:
         net = DeepimNet(build_config(DeepimConfig, read_model_config(path, ARCH), prefix="model"))
         load_weights(path, net, ARCH)
         return cls(net, registry, device)
+
+    @property
+    def visibility_source(self) -> str | None:
+        """SEEN_SHARE with the flow matcher's occlusion head; else None (the input's visibility is passed on)."""
+        return SEEN_SHARE if self.net.cfg.flow_matcher_occlusion else None
 
     @torch.no_grad()
     def refine_tensors(self, images: Tensor, K: Tensor, mesh_idx: Tensor, R: Tensor, t: Tensor,

@@ -17,7 +17,13 @@ from torch import Tensor
 
 from ros2_pose6d.config import build_config
 from ros2_pose6d.estimation.nemo_core import NeuralMeshes, clutter_score, feature_intrinsics, render_compare
-from ros2_pose6d.estimation.refine_common import NOT_REFINED, frame_tensor, paste_crop_mask, screen_estimates
+from ros2_pose6d.estimation.refine_common import (
+    NOT_REFINED,
+    OCCLUSION_MAP,
+    frame_tensor,
+    paste_crop_mask,
+    screen_estimates,
+)
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.estimation.zoom import zoom_window
 from ros2_pose6d.geometry.camera import crop_resize, crop_resize_intrinsics
@@ -49,6 +55,8 @@ def rotation_prior(m: Tensor, outlier: float) -> Tensor:
 
 
 class NemoRefiner:
+    visibility_source = OCCLUSION_MAP
+
     def __init__(self, model: NemoModel, registry: ObjectRegistry, device: str | torch.device = "cpu",
                  meshes: NeuralMeshes | None = None) -> None:
         self.device = torch.device(device)

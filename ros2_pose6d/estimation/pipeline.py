@@ -3,6 +3,7 @@ the demo and ``evaluate`` all run this object; they only convert messages or fil
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ from typing import Literal, get_args
 from ros2_pose6d.estimation.cascade import ONE_COUNT_ERROR, CascadeRefiner, is_cascade, parse_refiner
 from ros2_pose6d.estimation.detector import Detector
 from ros2_pose6d.estimation.duplicates import drop_duplicates
+from ros2_pose6d.estimation.refine_common import SEEN_SHARE, refined_here
 from ros2_pose6d.estimation.types import Frame, PoseEstimate
 from ros2_pose6d.objects.registry import ObjectRegistry
 
@@ -22,6 +24,7 @@ from ros2_pose6d.objects.registry import ObjectRegistry
 # the shipped weights (models/weights/README.md).
 VisibilitySource = Literal["refiner", "detector"]
 VISIBILITY_SOURCES: tuple[str, ...] = get_args(VisibilitySource)
+MAX_SEEN_POWER = 10.0
 
 
 @dataclass
@@ -40,6 +43,9 @@ class PipelineConfig:
     # after refinement, a detection whose centre is within this many diameters of a better one of the same object
     # is that object again, and dropped (duplicates.py); 0 = keep all
     duplicate_distance: float = 0.25
+    # a refined detection's score is the detector's times the refiner's seen share to this power (0: the
+    # detector's score); see Pipeline.refine
+    seen_power: float = 4.0
 
 
 def build_refiner(method: str, weights: Mapping[str, str | Path | None], registry: ObjectRegistry, device: str):
@@ -80,16 +86,18 @@ class PipelineResult:
 class Pipeline:
     def __init__(self, registry: ObjectRegistry, detector: Detector | None, refiner=None,
                  iterations: int | None = None, visibility: VisibilitySource = "detector",
-                 duplicate_distance: float = 0.25) -> None:
+                 duplicate_distance: float = 0.25, seen_power: float = 4.0) -> None:
         """``detector`` may be None for refinement only (tracking, evaluation from given poses);
         ``iterations``: DeepIM iterations / NeMo steps per call, None for the weights' default;
         ``visibility``: whose visibility a refined detection reports (VisibilitySource);
-        ``duplicate_distance``: see ``refine_detections`` (0: off)."""
+        ``duplicate_distance``: see ``refine_detections`` (0: off); ``seen_power``: see ``refine`` (0: off)."""
         if visibility not in VISIBILITY_SOURCES:
             raise ValueError(f"visibility must be one of {', '.join(VISIBILITY_SOURCES)}, got {visibility!r}")
         if not 0.0 <= duplicate_distance <= 1.0:
             raise ValueError(f"duplicate_distance must be in [0, 1] object diameters, got {duplicate_distance}")
-        self.duplicate_distance = duplicate_distance
+        if not 0.0 <= seen_power <= MAX_SEEN_POWER:
+            raise ValueError(f"seen_power must be in [0, {MAX_SEEN_POWER:g}], got {seen_power}")
+        self.duplicate_distance, self.seen_power = duplicate_distance, seen_power
         self.diameters = {i: registry[i].diameter for i in registry.ids}
         if isinstance(refiner, CascadeRefiner) and iterations is not None:
             raise ValueError(ONE_COUNT_ERROR)  # here, not on every frame
@@ -109,17 +117,27 @@ class Pipeline:
         detector = Detector.from_weights(cfg.detector_weights, registry, cfg.device,
                                          score_threshold=cfg.score_threshold, nms_iou=cfg.nms_iou)
         return cls(registry, detector, build_refiner(cfg.refiner, weights, registry, cfg.device), cfg.refine_iterations,
-                   cfg.visibility, cfg.duplicate_distance)
+                   cfg.visibility, cfg.duplicate_distance, cfg.seen_power)
 
     def refine(self, frame: Frame, estimates: list[PoseEstimate]) -> list[PoseEstimate]:
-        """Refine given estimates (tracking reuses the last poses through here)."""
+        """Refine given estimates (tracking reuses the last poses through here). A detection the refiner refined
+        scores, with a refiner whose visibility is its seen share (refine_common.SEEN_SHARE), the detector's
+        score times that share to ``seen_power``: the share is near 1 where the refined pose explains the image
+        and well under it where the pose is wrong, so of an object's hypotheses the ones the image confirms rank
+        first (which duplicate stays, which BOP scores; models/weights/README.md). Tracked poses keep theirs."""
         if self.refiner is None or not estimates:
             return list(estimates)
         refined = self.refiner.refine(frame, estimates, self.iterations)
-        if self.visibility == "detector":  # refiners return their inputs' order
-            refined = [replace(r, visibility=e.visibility) if e.stage == "detected" else r
-                       for e, r in zip(estimates, refined, strict=True)]
-        return refined
+        rescore = self.seen_power > 0 and getattr(self.refiner, "visibility_source", None) == SEEN_SHARE
+        out = []
+        for e, r in zip(estimates, refined, strict=True):  # refiners return their inputs' order
+            if e.stage == "detected":
+                if rescore and refined_here(e, r) and math.isfinite(r.visibility):
+                    r = replace(r, score=float(e.score) * min(max(float(r.visibility), 0.0), 1.0) ** self.seen_power)
+                if self.visibility == "detector":
+                    r = replace(r, visibility=e.visibility)
+            out.append(r)
+        return out
 
     def refine_detections(self, frame: Frame, detections: list[PoseEstimate]) -> list[PoseEstimate]:
         """``refine``, then, of the refined poses of one object whose centres ended within ``duplicate_distance``

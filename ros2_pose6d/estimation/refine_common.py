@@ -16,6 +16,12 @@ from ros2_pose6d.objects.registry import ObjectRegistry
 MIN_DEPTH = 0.02  # [m] closer than this (or behind the camera) is not a pose we can render
 # how every refiner's note on an estimate it hands back unrefined begins (a cascade counts on it)
 NOT_REFINED = "not refined: "
+# What a refiner's reported visibility is (its ``visibility_source``; None: it passes its input's on). DeepIM's
+# occlusion head reads, at the refined pose, which cells of the rendered object its matches find in the image:
+# a wrong pose leaves much of it unmatched, so that share also verifies the pose (the pipeline ranks by it).
+# NeMo's comes from its occlusion map, where clutter explains the features better than the mesh.
+SEEN_SHARE = "seen share"
+OCCLUSION_MAP = "occlusion map"
 
 
 def frame_tensor(frame: Frame, device: torch.device) -> Tensor:
@@ -55,6 +61,13 @@ def screen_estimates(frame: Frame, estimates: list[PoseEstimate],
             usable.append(i)
             results.append(e)
     return usable, results
+
+
+def refined_here(before: PoseEstimate, after: PoseEstimate) -> bool:
+    """Whether a refiner refined ``before`` into ``after``: refiners hand back what they cannot refine
+    unchanged, with a NOT_REFINED note added (``screen_estimates``, NeMo's divergence)."""
+    added = after.notes[len(before.notes):]
+    return after.stage == "refined" and not any(n.startswith(NOT_REFINED) for n in added)
 
 
 def paste_crop_mask(crop_mask: np.ndarray, window: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

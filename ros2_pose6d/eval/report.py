@@ -124,20 +124,22 @@ class Report:
                            truth, ignore)
 
     def add_frame(self, stage: str, estimates, gts, K: np.ndarray, registry: ObjectRegistry,
-                  points_step: int = 5, targets: Sequence[bool] | None = None, ranked: bool = False) -> None:
+                  points_step: int = 5, targets: Sequence[bool] | None = None, ranked: bool = False,
+                  unranked: int = 0) -> None:
         """Match ``estimates`` (PoseEstimates) to ``gts`` (objects with obj_id, R, t) of one frame: per object
         id, greedily by ADD(-S), one estimate per target. Instances that are no target (known to be less visible
         than ``min_visib``, or, where ``targets`` is given, one bool per gt, False there) are counted in
         ``left_out`` instead (an estimate of one is neither right nor wrong). ``ranked``: the estimates are
         scored detections (a detector's, refined or not), of which, as in BOP (n_top -1), only each object's
         best-scoring ones count, as many as it has targets in the frame; otherwise a detector's duplicates would
-        be further tries at one target. The rest are counted in ``beyond_top``."""
+        be further tries at one target. The rest are counted in ``beyond_top``, with ``unranked`` more: hypotheses
+        left out before the ranking (``pose6d-evaluate`` refines only those it may score)."""
         out = self.targets.setdefault(stage, [])
         self.left_out.setdefault(stage, 0)
         is_target = self._target_mask(gts, registry, targets)
         if ranked:
             kept = top_per_object(estimates, self.target_counts(gts, registry, targets))
-            self.beyond_top[stage] = self.beyond_top.get(stage, 0) + len(estimates) - len(kept)
+            self.beyond_top[stage] = self.beyond_top.get(stage, 0) + len(estimates) - len(kept) + unranked
             estimates = kept
         used: set[int] = set()
         for k, g in enumerate(gts):

@@ -51,7 +51,7 @@ class RefinerNode(Node):
         device = resolve_device(p["device"])
         weights = {m: p[f"{m}_weights"] or weights_dir() / f"{m}_demo.safetensors" for m in METHODS}
         self.pipeline = Pipeline(self.registry, None, build_refiner(p["method"], weights, self.registry, device),
-                                 p["iterations"] or None, p["visibility"], p["duplicate_distance"])
+                                 p["iterations"] or None, p["visibility"], p["duplicate_distance"], p["seen_power"])
         self.factory = rclpy_factory()
         self.drawer = OverlayDrawer(self.registry)
         self.cache: FrameCache = FrameCache(p["frame_cache"])
@@ -75,9 +75,9 @@ class RefinerNode(Node):
         self.get_logger().info(f"refiner ready: method {p['method']}, tracking {bool(p['tracking'])}")
 
     def apply_params(self, changed: dict) -> None:
-        """`ros2 param set` of iterations, visibility, duplicate_distance, tf_prefix or the re-detection rule takes
-        effect from the next frame (runtime.params.REFINER_LIVE; the other parameters are read-only). Runs only for
-        changes after start."""
+        """`ros2 param set` of iterations, visibility, duplicate_distance, seen_power, tf_prefix or the re-detection
+        rule takes effect from the next frame (runtime.params.REFINER_LIVE; the other parameters are read-only).
+        Runs only for changes after start."""
         self.p.update(changed)
         if "iterations" in changed:
             self.pipeline.iterations = changed["iterations"] or None
@@ -85,6 +85,8 @@ class RefinerNode(Node):
             self.pipeline.visibility = changed["visibility"]
         if "duplicate_distance" in changed:
             self.pipeline.duplicate_distance = changed["duplicate_distance"]
+        if "seen_power" in changed:
+            self.pipeline.seen_power = changed["seen_power"]
         if self.tracking is not None:
             self.tracking.redetect_every = self.p["redetect_every"]
             self.tracking.fit_error_threshold = self.p["redetect_fit_error"]

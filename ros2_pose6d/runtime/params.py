@@ -98,6 +98,9 @@ REFINER = COMMON + (
     ParamSpec("duplicate_distance", 0.25, "after refinement, drop a pose whose centre is within this many object "
               "diameters of a better-scoring one of the same object: one instance found twice (0: keep all)",
               (0.0, 1.0)),
+    ParamSpec("seen_power", 4.0, "a refined detection scores the detector's score times the share of the object "
+              "DeepIM's occlusion head sees matched at the refined pose, to this power: wrong poses score low, and "
+              "of two duplicates the confirmed one stays (0: the detector's score)", (0.0, 10.0)),
     ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000), read_only=True),
     ParamSpec("publish_tf", True, "broadcast a TF frame per object instance", read_only=True),
     ParamSpec("tf_prefix", "pose6d/", "prefix of the per-instance TF frame names"),
@@ -127,7 +130,8 @@ def validate(specs: tuple[ParamSpec, ...], values: dict[str, Any]) -> list[str]:
 # The parameters each node applies while running (`ros2 param set`); every other one is read-only, so that
 # no change is accepted and then silently ignored (test_runtime checks the two lists agree with the specs).
 DETECTOR_LIVE = ("score_threshold", "max_detections", "nms_iou")
-REFINER_LIVE = ("iterations", "visibility", "duplicate_distance", "tf_prefix", "redetect_every", "redetect_fit_error")
+REFINER_LIVE = ("iterations", "visibility", "duplicate_distance", "seen_power", "tf_prefix", "redetect_every",
+                "redetect_fit_error")
 
 
 def accept_changes(specs: tuple[ParamSpec, ...], changes: dict[str, Any],
