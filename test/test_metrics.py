@@ -427,3 +427,31 @@ def test_report_scores_a_detectors_best_hypotheses_only():
     assert bop.left_out_summary()["estimates beyond the targets' count"] == {"detected": 3}
     assert "beyond their object's count of targets in the frame (BOP's top-n by score): 3 detected" in \
         bop.table(registry)
+    # the scored poses by their score: a's wrong 0.9 fails, b's right 0.8 passes; unranked frames record none
+    assert bop.scored == {"detected": [(0.9, False), (0.8, True)]} and loose.scored == {}
+    assert bop.score_reliability("detected") == {"0.7-0.9": {"n": 1, "ADD(-S) 0.1d": 1.0},
+                                                 ">=0.9": {"n": 1, "ADD(-S) 0.1d": 0.0}}
+    assert bop.reliability_summary() == {"detected": bop.score_reliability("detected")}
+    assert "scored poses passing ADD(-S) 0.1d by their score" in bop.table(registry)
+    assert "by their score" not in loose.table(registry)
+
+
+def test_report_plots_the_scored_poses_by_score(tmp_path):
+    """by_score.png appears beside the other plots once ranked frames were added, and not without."""
+    from conftest import REPO
+
+    from ros2_pose6d.estimation.types import PoseEstimate
+    from ros2_pose6d.eval.report import Report
+    from ros2_pose6d.io.bop import GtInstance
+    from ros2_pose6d.objects.registry import ObjectRegistry
+    registry = ObjectRegistry.from_yaml(REPO / "config" / "objects.yaml")
+    a = registry.ids[0]
+    K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    t = np.array([0.0, 0.0, 1.0])
+    gts = [GtInstance(a, np.eye(3), t, visib_fract=1.0)]
+    report = Report(image_width=320)
+    report.add_frame("refined", [PoseEstimate(a, np.eye(3), t.copy(), score=0.05)], gts, K, registry)
+    assert not any(p.name == "by_score.png" for p in report.plots(tmp_path / "plain", registry))
+    report.add_frame("refined", [PoseEstimate(a, np.eye(3), t.copy(), score=0.05)], gts, K, registry, ranked=True)
+    assert report.score_reliability("refined") == {"<0.1": {"n": 1, "ADD(-S) 0.1d": 1.0}}
+    assert (tmp_path / "ranked" / "by_score.png") in report.plots(tmp_path / "ranked", registry)

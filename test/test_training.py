@@ -535,6 +535,9 @@ def test_evaluate_reports_initial_and_refined(registry, split, tmp_path):
     extra = json.loads((out / "extra" / "summary.json").read_text())
     assert extra["refined"]["n"] == every["refined"]["n"]
     assert extra["estimates beyond the targets' count"]["refined"] > 0
+    # the scored poses by their score, per stage (what a threshold on the score keeps), in the JSON and a plot
+    assert set(extra["by score"]) == {"detected", "refined"} and (out / "extra" / "by_score.png").is_file()
+    assert sum(b["n"] for b in extra["by score"]["refined"].values()) <= extra_rows
     r = _cli("ros2_pose6d.training.cli_evaluate", str(split), "--detector", "x", "--extra-hypotheses", "-1")
     assert r.returncode != 0 and "--extra-hypotheses" in r.stderr
     # AP ranks every detection down to --ap-threshold; only those at --score-threshold become poses

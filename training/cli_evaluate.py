@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     summary |= report.detection_summary()
     if by_vis := report.visibility_summary():
         summary["by visible fraction"] = by_vis
+    if by_score := report.reliability_summary():
+        summary["by score"] = by_score
     summary |= report.left_out_summary()
     if args.init == "perturbed":
         summary["perturbation"] = dict(zip(("rot_std_deg", "x_std", "y_std", "z_std"), perturb))

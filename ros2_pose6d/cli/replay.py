@@ -151,6 +151,8 @@ def _write_report(res: ReplayResult, out_dir: Path, registry: ObjectRegistry) ->
         summary |= res.report.detection_summary()
         if by_vis := res.report.visibility_summary():
             summary["by visible fraction"] = by_vis
+        if by_score := res.report.reliability_summary():
+            summary["by score"] = by_score
         summary |= res.report.left_out_summary()
     data = {"accounting": res.accounting(), "interrupted": res.interrupted, "metrics": summary,
             "timing_mean_s": {k: float(np.mean(v)) for k, v in res.timings.items()}, "frames": res.frames}

@@ -47,6 +47,9 @@ class TargetResult:
     true_vis: float = math.nan  # the target's visible fraction, when the ground truth has one
 
 
+# score bins of ``Report.score_reliability``: (label, lower bound, upper bound exclusive)
+SCORE_BINS = (("<0.1", -math.inf, 0.1), ("0.1-0.3", 0.1, 0.3), ("0.3-0.5", 0.3, 0.5), ("0.5-0.7", 0.5, 0.7),
+              ("0.7-0.9", 0.7, 0.9), (">=0.9", 0.9, math.inf))
 # visible-fraction bins of ``Report.visibility_recalls``: (label, lower bound, upper bound exclusive)
 VISIBILITY_BINS = (("<30%", 0.0, 0.3), ("30-50%", 0.3, 0.5), ("50-80%", 0.5, 0.8), ("80-95%", 0.8, 0.95),
                    (">=95%", 0.95, math.inf))
@@ -94,6 +97,8 @@ class Report:
     ap_nms_iou: float | None = None  # the detector's duplicate suppression IoU, when known
     # per stage: ranked estimates beyond each object's count of targets in their frame, not scored (``add_frame``)
     beyond_top: dict[str, int] = field(default_factory=dict)
+    # per stage: (score, passes ADD(-S) 0.1d of a target) of every scored estimate of ranked frames (``add_frame``)
+    scored: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
 
     def _is_target(self, vis: float | None, targets: Sequence[bool] | None, k: int) -> bool:
         return bool(targets[k]) if targets is not None else vis is None or vis >= self.min_visib
@@ -142,6 +147,7 @@ class Report:
             self.beyond_top[stage] = self.beyond_top.get(stage, 0) + len(estimates) - len(kept) + unranked
             estimates = kept
         used: set[int] = set()
+        passed: set[int] = set()  # the estimates that pass ADD(-S) 0.1d of the target they matched
         for k, g in enumerate(gts):
             gid, true_vis, _ = _truth(g)
             if gid not in registry.ids:
@@ -161,6 +167,8 @@ class Report:
                     best, best_i = err, i
             if best_i >= 0:
                 used.add(best_i)
+                if best < 0.1 * obj.diameter:
+                    passed.add(best_i)
                 e = estimates[best_i]
                 sym = obj.symmetries
                 res.add = best
@@ -173,6 +181,8 @@ class Report:
                 if true_vis is not None:
                     res.vis_err = abs(float(e.visibility) - float(true_vis))
             out.append(res)
+        if ranked:
+            self.scored.setdefault(stage, []).extend((float(e.score), i in passed) for i, e in enumerate(estimates))
 
     def summary(self, stage: str, obj_id: int | None = None) -> dict[str, float]:
         rows = [r for r in self.targets.get(stage, []) if obj_id is None or r.obj_id == obj_id]
@@ -251,6 +261,22 @@ class Report:
         if self.min_visib > lo and not self.targets_file:
             label = f"{self.min_visib * 100:g}-{hi * 100:g}%"
         return ((label, lo, hi), *rest)
+
+    def score_reliability(self, stage: str) -> dict[str, dict[str, float]]:
+        """Of the scored estimates of ``stage`` (ranked frames) in each ``SCORE_BINS`` bin of their score, how many
+        and which share pass ADD(-S) 0.1d of a target (bins with none left out): what a threshold on the score
+        keeps, and whether the score tells right poses from wrong ones."""
+        pairs = self.scored.get(stage, [])
+        out = {}
+        for label, lo, hi in SCORE_BINS:
+            hits = [ok for score, ok in pairs if lo <= score < hi]
+            if hits:
+                out[label] = {"n": len(hits), "ADD(-S) 0.1d": float(np.mean(hits))}
+        return out
+
+    def reliability_summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``score_reliability`` of every stage with scored estimates (for JSON reports)."""
+        return {stage: bins for stage in self.scored if (bins := self.score_reliability(stage))}
 
     def left_out_summary(self) -> dict[str, float | dict[str, int]]:
         """For JSON reports: the rule (``min_visib`` or the targets file) and, per stage, how many instances it left
@@ -331,10 +357,13 @@ class Report:
             labels = [b[0] for b in self.visibility_bins()]
             lines += ["", "ADD(-S) 0.1d by the target's visible fraction (targets in brackets):",
                       f"{'':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in labels)]
-            for stage, bins in by_vis.items():
-                lines.append(f"{'ALL':<14}{stage:<10}" + "".join(
-                    f"{'-':>14}" if c not in bins else f"{bins[c]['ADD(-S) 0.1d']:>7.3f} ({bins[c]['n']:>4d})"
-                    for c in labels))
+            lines += _binned_rows(by_vis, labels)
+        by_score = self.reliability_summary()
+        if by_score:
+            labels = [b[0] for b in SCORE_BINS]
+            lines += ["", "scored poses passing ADD(-S) 0.1d by their score (poses in brackets; what a threshold on "
+                      "the score keeps):", f"{'':<14}{'stage':<10}" + "".join(f"{c:>14}" for c in labels)]
+            lines += _binned_rows(by_score, labels)
         return "\n".join(lines)
 
     def plots(self, out_dir: str | Path, registry: ObjectRegistry) -> list[Path]:
@@ -368,27 +397,48 @@ class Report:
         exact = _grouped_bars(out_dir / "exact_parts.png", stages,
                               {part: [self.exact_part_recalls(st)[part] for st in stages] for part in parts},
                               "with one part of the pose made exact", max(6, len(stages) * 2.2))
+        out = [curves, bars, exact]
         by_vis = self.visibility_summary()
         labels = [b[0] for b in self.visibility_bins() if any(b[0] in bins for bins in by_vis.values())]
-        if not labels:
-            return [curves, bars, exact]
-        counts = [max(bins[c]["n"] for bins in by_vis.values() if c in bins) for c in labels]
-        vis = _grouped_bars(out_dir / "by_visibility.png", [f"{c}\n({n} targets)" for c, n in zip(labels, counts)],
-                            {st: [bins[c]["ADD(-S) 0.1d"] if c in bins else 0.0 for c in labels]
-                             for st, bins in by_vis.items()},
-                            "by the target's visible fraction", max(6, len(labels) * 1.4))
-        return [curves, bars, exact, vis]
+        if labels:
+            counts = [max(bins[c]["n"] for bins in by_vis.values() if c in bins) for c in labels]
+            out.append(_grouped_bars(out_dir / "by_visibility.png",
+                                     [f"{c}\n({n} targets)" for c, n in zip(labels, counts)],
+                                     {st: [bins[c]["ADD(-S) 0.1d"] if c in bins else 0.0 for c in labels]
+                                      for st, bins in by_vis.items()},
+                                     "by the target's visible fraction", max(6, len(labels) * 1.4)))
+        by_score = self.reliability_summary()
+        labels = [b[0] for b in SCORE_BINS if any(b[0] in bins for bins in by_score.values())]
+        if labels:
+            names = {st: f"{st} ({sum(b['n'] for b in bins.values())} poses)" for st, bins in by_score.items()}
+            out.append(_grouped_bars(out_dir / "by_score.png", labels,
+                                     {names[st]: [bins[c]["ADD(-S) 0.1d"] if c in bins else 0.0 for c in labels]
+                                      for st, bins in by_score.items()},
+                                     "scored poses by their score (poses above each bar)", max(6, len(labels) * 1.4),
+                                     counts={names[st]: [bins[c]["n"] if c in bins else 0 for c in labels]
+                                             for st, bins in by_score.items()}))
+        return out
+
+
+def _binned_rows(by_stage: dict[str, dict[str, dict[str, float]]], labels: list[str]) -> list[str]:
+    """Table rows 'ALL <stage>' of a share and its count in brackets per bin label ('-' where a bin is empty)."""
+    return [f"{'ALL':<14}{stage:<10}" + "".join(
+        f"{'-':>14}" if c not in bins else f"{bins[c]['ADD(-S) 0.1d']:>7.3f} ({bins[c]['n']:>4d})" for c in labels)
+        for stage, bins in by_stage.items()]
 
 
 def _grouped_bars(path: Path, groups: list[str], series: dict[str, list[float]], title: str, width_in: float,
-                  rotation: int = 0) -> Path:
-    """A bar chart of ADD(-S) 0.1d: one group of bars per ``groups`` entry, one bar per ``series`` entry."""
+                  rotation: int = 0, counts: dict[str, list[int]] | None = None) -> Path:
+    """A bar chart of ADD(-S) 0.1d: one group of bars per ``groups`` entry, one bar per ``series`` entry, each
+    labelled with its entry of ``counts`` where given (0: no bar there)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(width_in, 4))
     width = 0.8 / max(1, len(series))
     for k, (label, vals) in enumerate(series.items()):
-        ax.bar(np.arange(len(groups)) + k * width, vals, width, label=label)
+        bars = ax.bar(np.arange(len(groups)) + k * width, vals, width, label=label)
+        if counts is not None:
+            ax.bar_label(bars, [f"{n}" if n else "" for n in counts[label]], fontsize=7)
     ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups, rotation=rotation)
     ax.set(ylabel="ADD(-S) 0.1d", ylim=(0, 1), title=title)
     ax.legend()
