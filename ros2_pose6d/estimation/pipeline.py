@@ -85,8 +85,9 @@ class PipelineResult:
 
 class Pipeline:
     def __init__(self, registry: ObjectRegistry, detector: Detector | None, refiner=None,
-                 iterations: int | None = None, visibility: VisibilitySource = "detector",
-                 duplicate_distance: float = 0.25, seen_power: float = 4.0) -> None:
+                 iterations: int | None = None, visibility: VisibilitySource = PipelineConfig.visibility,
+                 duplicate_distance: float = PipelineConfig.duplicate_distance,
+                 seen_power: float = PipelineConfig.seen_power) -> None:
         """``detector`` may be None for refinement only (tracking, evaluation from given poses);
         ``iterations``: DeepIM iterations / NeMo steps per call, None for the weights' default;
         ``visibility``: whose visibility a refined detection reports (VisibilitySource);
