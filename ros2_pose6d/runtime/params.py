@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ros2_pose6d.estimation.cascade import DEFAULT_REFINER, is_cascade, parse_refiner
+from ros2_pose6d.estimation.pipeline import MAX_SEEN_POWER, PipelineConfig
 
 
 @dataclass(frozen=True)
@@ -95,12 +96,13 @@ REFINER = COMMON + (
               "occlusion head, where its weights have one); tracked "
               "poses always take the refiner's",
               choices=("refiner", "detector")),
-    ParamSpec("duplicate_distance", 0.25, "after refinement, drop a pose whose centre is within this many object "
-              "diameters of a better-scoring one of the same object: one instance found twice (0: keep all)",
-              (0.0, 1.0)),
-    ParamSpec("seen_power", 4.0, "a refined detection scores the detector's score times the share of the object "
-              "DeepIM's occlusion head sees matched at the refined pose, to this power: wrong poses score low, and "
-              "of two duplicates the confirmed one stays (0: the detector's score)", (0.0, 10.0)),
+    ParamSpec("duplicate_distance", PipelineConfig.duplicate_distance,
+              "after refinement, drop a pose whose centre is within this many object diameters of a better-scoring "
+              "one of the same object: one instance found twice (0: keep all)", (0.0, 1.0)),
+    ParamSpec("seen_power", PipelineConfig.seen_power,
+              "a refined detection scores the detector's score times the share of the object DeepIM's occlusion "
+              "head sees matched at the refined pose, to this power: wrong poses score low, and of two duplicates "
+              "the confirmed one stays (0: the detector's score)", (0.0, MAX_SEEN_POWER)),
     ParamSpec("frame_cache", 30, "images kept to match late detections by stamp", (1, 1000), read_only=True),
     ParamSpec("publish_tf", True, "broadcast a TF frame per object instance", read_only=True),
     ParamSpec("tf_prefix", "pose6d/", "prefix of the per-instance TF frame names"),
